@@ -1,0 +1,170 @@
+"""Token counts over completion spans: counting a prepared dataset, and the JSON counts file.
+
+Counting reads exactly what the loss trains on: next-token targets `labels[1:]` of every sequence (of every packed
+sub-sequence) that are not `-100`. Prompt tokens, chat-template headers and padding are never counted.
+"""
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+from datasets import Dataset, IterableDataset
+from transformers import PreTrainedTokenizerBase
+
+from pdl_trl.loss import IGNORE_INDEX
+
+
+COUNTS_FORMAT = "pdl-trl-counts"
+COUNTS_VERSION = 1
+COUNTS_FILE_NAME = "pdl_counts.json"
+
+
+def _target_labels(dataset: Dataset, batch_size: int) -> Iterator[np.ndarray]:
+    """Flattened labels of each batch of rows, without the first position of every (sub-)sequence."""
+    if isinstance(dataset, IterableDataset):
+        raise ValueError(
+            "PDL cannot count tokens of an IterableDataset (streaming) inside the trainer: count the corpus first "
+            "with `pdl-trl count ... --output counts.json` and pass `pdl_counts_path='counts.json'`."
+        )
+    if "labels" not in dataset.column_names:
+        raise ValueError(
+            "The prepared dataset has no `labels` column, so PDL cannot tell completion tokens from prompt tokens. "
+            "Let SFTTrainer prepare the dataset (do not set `skip_prepare_dataset=True`) or add a `labels` column "
+            "with -100 on prompt tokens."
+        )
+    packed = "seq_lengths" in dataset.column_names
+    columns = ["labels", "seq_lengths"] if packed else ["labels"]
+    # Arrow batches honour the dataset's indices mapping (left by SFTTrainer's filter and shuffle); `dataset.data`
+    # would not.
+    for table in dataset.with_format("arrow", columns=columns).iter(batch_size=batch_size):
+        labels = table["labels"].combine_chunks()
+        values = pc.list_flatten(labels).to_numpy(zero_copy_only=False)
+        if packed:
+            lengths = pc.list_flatten(table["seq_lengths"].combine_chunks()).to_numpy(zero_copy_only=False)
+            starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+        else:
+            offsets = labels.offsets.to_numpy()
+            starts = offsets[:-1] - offsets[0]
+        keep = np.ones(len(values), dtype=bool)
+        keep[starts[starts < len(values)]] = False
+        yield values[keep]
+
+
+def count_completion_tokens(
+    dataset: Dataset, vocab_size: int, *, batch_size: int = 8192, shard_index: int = 0, num_shards: int = 1
+) -> np.ndarray:
+    """
+    Counts each token id among the training targets of a prepared dataset (`labels != -100`).
+
+    Args:
+        dataset ([`~datasets.Dataset`]):
+            Dataset prepared by SFTTrainer: `input_ids`, `labels` (and `seq_lengths` when packed).
+        vocab_size (`int`):
+            Length of the returned table: the model's output-embedding rows.
+        shard_index (`int`), num_shards (`int`):
+            Count only this contiguous shard of the rows, so that processes can split the pass and sum.
+
+    Returns:
+        `np.ndarray` of shape `(vocab_size,)`, int64.
+    """
+    if num_shards > 1:
+        dataset = dataset.shard(num_shards=num_shards, index=shard_index, contiguous=True)
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for targets in _target_labels(dataset, batch_size):
+        targets = targets[targets != IGNORE_INDEX]
+        if targets.size and (targets.min() < 0 or targets.max() >= vocab_size):
+            raise ValueError(
+                f"Label id {int(targets.max())} is outside the model's {vocab_size} output rows. The tokenizer does "
+                "not match the model: resize the embeddings (`model.resize_token_embeddings(len(tokenizer))`)."
+            )
+        counts += np.bincount(targets, minlength=vocab_size)
+    return counts
+
+
+def has_masked_targets(dataset: Dataset | IterableDataset, rows: int = 1024) -> bool:
+    """Whether any target among the first `rows` rows is -100: false for plain language-model text."""
+    if isinstance(dataset, IterableDataset):
+        columns = [c for c in ("labels", "seq_lengths") if c in dataset.column_names]
+        dataset = Dataset.from_list([{c: row[c] for c in columns} for row in dataset.take(rows)])
+    else:
+        dataset = dataset.select(range(min(rows, len(dataset))))
+    return any((targets == IGNORE_INDEX).any() for targets in _target_labels(dataset, rows))
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """SHA-256 of the token-to-id map, added tokens included: two tokenizers that agree on it count alike."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    return "sha256:" + hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()
+
+
+@dataclass
+class TokenCounts:
+    """Completion-token counts with what they were counted with; the content of a counts file."""
+
+    counts: np.ndarray
+    tokenizer: str
+    tokenizer_fingerprint: str
+    source: str
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.counts)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.counts.sum())
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes the JSON counts file atomically: a reader sees the old file or the whole new one."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        content = {
+            "format": COUNTS_FORMAT,
+            "version": COUNTS_VERSION,
+            "vocab_size": self.vocab_size,
+            "tokenizer": self.tokenizer,
+            "tokenizer_fingerprint": self.tokenizer_fingerprint,
+            "num_tokens": self.num_tokens,
+            "source": self.source,
+            "counts": self.counts.tolist(),
+        }
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(content, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp_name, path)
+        except BaseException:
+            os.unlink(tmp_name)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "TokenCounts":
+        with open(path) as f:
+            content = json.load(f)
+        if content.get("format") != COUNTS_FORMAT or content.get("version") != COUNTS_VERSION:
+            raise ValueError(
+                f"{path} is not a pdl-trl counts file (format {COUNTS_FORMAT!r}, version {COUNTS_VERSION}). Write one "
+                "with `pdl-trl count` or `PDLSFTTrainer.save_model`."
+            )
+        counts = np.asarray(content["counts"], dtype=np.int64)
+        if len(counts) != content["vocab_size"] or (counts < 0).any() or int(counts.sum()) != content["num_tokens"]:
+            raise ValueError(f"{path} is damaged: its counts disagree with its `vocab_size` or `num_tokens`.")
+        return cls(counts, content["tokenizer"], content["tokenizer_fingerprint"], content["source"])
+
+    def check_compatible(self, vocab_size: int, fingerprint: str, tokenizer_name: str) -> None:
+        """Raises when these counts were made for another vocabulary than the one being trained."""
+        if self.vocab_size != vocab_size or self.tokenizer_fingerprint != fingerprint:
+            raise ValueError(
+                f"The PDL counts were made with tokenizer {self.tokenizer!r} ({self.vocab_size} rows, "
+                f"{self.tokenizer_fingerprint}), but this run uses {tokenizer_name!r} ({vocab_size} rows, "
+                f"{fingerprint}). Recount with `pdl-trl count --model_name_or_path {tokenizer_name} ...`, or drop "
+                "`pdl_counts_path` to count the training set."
+            )
