@@ -64,6 +64,12 @@ class PDLSFTTrainer(SFTTrainer):
             raise ValueError(
                 "`compute_loss_func` replaces the loss that PDL re-weights. Drop it, or use `trl.SFTTrainer`."
             )
+        if kwargs.get("compute_metrics") is not None or kwargs.get("preprocess_logits_for_metrics") is not None:
+            raise ValueError(
+                "PDLSFTTrainer computes the loss on TRL's fused LM head, which builds no logits for `compute_metrics` "
+                "or `preprocess_logits_for_metrics`. Drop them; `eval_nll`, `eval_entropy` and "
+                "`eval_mean_token_accuracy` are logged, and `pdl-trl eval` scores generations."
+            )
         if args is None:
             model_name = model if isinstance(model, str) else model.config._name_or_path
             args = PDLSFTConfig(f"{model_name.split('/')[-1]}-PDL")
