@@ -98,3 +98,20 @@ def save_tiny_model(directory: Path) -> Path:
     tokenizer.save_pretrained(directory)
     model.save_pretrained(directory)
     return directory
+
+
+def count_targets_by_hand(dataset, vocab_size: int) -> list[int]:
+    """Plain-Python count of training targets, independent of `pdl_trl.frequency`: row by row (so any indices
+    mapping left by filter/shuffle is honoured), every label that is not -100 except the first position of each
+    sequence, or of each packed sub-sequence when the row has `seq_lengths`."""
+    counts = [0] * vocab_size
+    for row in dataset:
+        labels = list(row["labels"])
+        lengths = list(row["seq_lengths"]) if "seq_lengths" in row else [len(labels)]
+        start = 0
+        for length in lengths:
+            for label in labels[start + 1 : start + length]:
+                if label != -100:
+                    counts[label] += 1
+            start += length
+    return counts
