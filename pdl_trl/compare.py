@@ -1,0 +1,143 @@
+"""`pdl-trl compare`: metrics files of `pdl-trl eval` side by side, as a markdown table and a grouped bar chart."""
+
+import argparse
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from pdl_trl.evaluation import EVAL_FORMAT, METRIC_NAMES
+
+
+def load_metrics(path: str | os.PathLike) -> dict[str, float]:
+    """The `metrics` of a `pdl-trl eval` file; an undefined metric (null) becomes `nan`."""
+    with open(path) as f:
+        content = json.load(f)
+    if content.get("format") != EVAL_FORMAT:
+        raise ValueError(f"{path} is not a `pdl-trl eval` metrics file: write one with `pdl-trl eval --output`.")
+    return {k: math.nan if v is None else float(v) for k, v in content["metrics"].items()}
+
+
+def default_labels(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """File stems (`sft.json` -> `sft`), or parent folder names when the stems repeat (`runs/sft/metrics.json`)."""
+    paths = [Path(p) for p in paths]
+    stems = [p.stem for p in paths]
+    if len(set(stems)) == len(stems):
+        return stems
+    parents = [p.parent.name for p in paths]
+    if len(set(parents)) == len(parents):
+        return parents
+    return [str(p.with_suffix("")) for p in paths]
+
+
+def metric_names(runs: Sequence[dict[str, float]]) -> list[str]:
+    """Known metrics in their usual order, then any others in order of first appearance."""
+    present = [name for run in runs for name in run]
+    known = [name for name in METRIC_NAMES if name in present]
+    return known + [name for name in dict.fromkeys(present) if name not in METRIC_NAMES]
+
+
+def _cell(value: float | None) -> str:
+    if value is None or math.isnan(value):
+        return "n/a"
+    return f"{value:.4f}"
+
+
+def markdown_table(labels: Sequence[str], runs: Sequence[dict[str, float]]) -> str:
+    """One row per metric, one column per run; `n/a` where a run lacks the metric or it is undefined."""
+    names = metric_names(runs)
+    lines = [
+        "| metric | " + " | ".join(labels) + " |",
+        "|---|" + "---:|" * len(labels),
+    ]
+    for name in names:
+        lines.append(f"| {name} | " + " | ".join(_cell(run.get(name)) for run in runs) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _save_atomic(path: Path, save) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save(tmp_name)
+        os.replace(tmp_name, path)
+    except BaseException:
+        os.unlink(tmp_name)
+        raise
+
+
+def plot(labels: Sequence[str], runs: Sequence[dict[str, float]], path: str | os.PathLike) -> None:
+    """PNG with one bar subplot per metric (their scales differ), one bar per run, written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = metric_names(runs)
+    columns = min(3, len(names))
+    rows = math.ceil(len(names) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
+    colours = [plt.get_cmap("tab10")(i % 10) for i in range(len(runs))]
+    for ax, name in zip(axes.flat, names, strict=False):
+        values = [run.get(name, math.nan) for run in runs]
+        positions = range(len(runs))
+        ax.bar(positions, [0.0 if math.isnan(v) else v for v in values], color=colours)
+        for x, v in zip(positions, values, strict=True):
+            ax.annotate(_cell(v), (x, 0.0 if math.isnan(v) else v), ha="center", va="bottom", fontsize=7)
+        ax.set_title(name, fontsize=10)
+        ax.set_xticks(list(positions), labels, rotation=30, ha="right", fontsize=8)
+        ax.tick_params(axis="y", labelsize=8)
+        ax.margins(y=0.15)
+        if all(math.isnan(v) or v >= 0 for v in values):
+            ax.set_ylim(bottom=0.0)
+    for ax in axes.flat[len(names) :]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    _save_atomic(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    def save(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    _save_atomic(Path(path), save)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pdl-trl compare",
+        description="Put `pdl-trl eval` metrics files side by side: a markdown table (printed) and a bar chart.",
+    )
+    parser.add_argument("metrics", nargs="+", help="Metrics JSON files written by `pdl-trl eval --output`.")
+    parser.add_argument("--labels", nargs="+", help="Column names, one per file (default: file names).")
+    parser.add_argument("--output", help="Write the markdown table here too.")
+    parser.add_argument("--plot", help="Write a PNG bar chart, one subplot per metric.")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    args = make_parser().parse_args(argv)
+    if args.labels is not None and len(args.labels) != len(args.metrics):
+        raise SystemExit(
+            f"{len(args.metrics)} metrics files but {len(args.labels)} --labels: give one label per file."
+        )
+    labels = args.labels or default_labels(args.metrics)
+    runs = [load_metrics(path) for path in args.metrics]
+    table = markdown_table(labels, runs)
+    print(table, end="")
+    if args.output is not None:
+        write_text(args.output, table)
+    if args.plot is not None:
+        plot(labels, runs, args.plot)
+    return table
+
+
+if __name__ == "__main__":
+    main()
