@@ -1,0 +1,338 @@
+"""Evaluation metrics against hand-computed values, `pdl-trl eval` end to end on the tiny model, `pdl-trl compare`."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pdl_trl import TokenCounts, tokenizer_fingerprint
+from pdl_trl.compare import default_labels, markdown_table
+from pdl_trl.compare import main as compare_main
+from pdl_trl.evaluation import (
+    chrf,
+    distinct_n,
+    generate_completions,
+    mean_length,
+    mean_self_information,
+    rare_count_threshold,
+    rare_token_mask,
+    rare_token_rate,
+    rare_token_recall,
+    reference_nll,
+    rouge_l,
+    self_information_table,
+    text_token_ids,
+    token_nll_sum,
+    unigram_entropy,
+)
+from pdl_trl.evaluation import main as eval_main
+
+
+# Counts of an 8-entry vocabulary, N = 100 occurrences
+COUNTS = np.array([50, 30, 10, 5, 3, 1, 1, 0])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Pure metrics
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_distinct_n():
+    sequences = [[1, 2, 3], [1, 2, 1]]
+    # unigrams: 6 tokens, types {1, 2, 3}
+    assert distinct_n(sequences, 1) == 3 / 6
+    # bigrams (1,2) (2,3) | (1,2) (2,1): 4, of which 3 distinct; none across the two sequences
+    assert distinct_n(sequences, 2) == 3 / 4
+    # trigrams (1,2,3) and (1,2,1)
+    assert distinct_n(sequences, 3) == 1.0
+    # a sequence shorter than n contributes nothing
+    assert distinct_n([[7], [1, 2], [1, 2]], 2) == 1 / 2
+    assert math.isnan(distinct_n([[1], []], 2))
+    with pytest.raises(ValueError, match=">= 1"):
+        distinct_n(sequences, 0)
+
+
+def test_unigram_entropy():
+    # p = 3/6, 2/6, 1/6 -> 0.5 * 1 + (1/3) log2 3 + (1/6) log2 6
+    expected = 0.5 + math.log2(3) / 3 + math.log2(6) / 6
+    assert unigram_entropy([[1, 2, 3], [1, 2, 1]]) == pytest.approx(expected, abs=1e-12)
+    assert unigram_entropy([[4, 5], [6, 7]]) == pytest.approx(2.0, abs=1e-12)
+    assert unigram_entropy([[9, 9, 9]]) == 0.0
+    assert math.isnan(unigram_entropy([[], []]))
+
+
+def test_self_information_add_one_smoothing():
+    # N = 4, V = 4: p = (c + 1) / 8 = 4/8, 2/8, 1/8, 1/8 -> 1, 2, 3, 3 bits
+    counts = np.array([3, 1, 0, 0])
+    np.testing.assert_allclose(self_information_table(counts), [1.0, 2.0, 3.0, 3.0], atol=1e-12)
+    assert mean_self_information([[0, 1], [2]], counts) == pytest.approx(2.0, abs=1e-12)
+    assert mean_self_information([[0, 0, 0, 3]], counts) == pytest.approx(1.5, abs=1e-12)
+    assert math.isnan(mean_self_information([[]], counts))
+    with pytest.raises(ValueError, match="Recount"):
+        mean_self_information([[4]], counts)
+
+
+def test_rare_count_threshold():
+    # Mass at count <= k: k=0 -> 0, k=1 -> 2, k=3 -> 5, k=5 -> 10, k=10 -> 20
+    assert rare_count_threshold(COUNTS, 0.10) == 5
+    assert rare_count_threshold(COUNTS, 0.05) == 3
+    assert rare_count_threshold(COUNTS, 0.19) == 5
+    assert rare_count_threshold(COUNTS, 0.20) == 10
+    # The two count-1 entries hold 2% together: both in or both out
+    assert rare_count_threshold(COUNTS, 0.015) == 0
+    assert rare_count_threshold(COUNTS, 0.0) == 0
+    np.testing.assert_array_equal(rare_token_mask(COUNTS, 0.10), [0, 0, 0, 1, 1, 1, 1, 1])
+    np.testing.assert_array_equal(rare_token_mask(COUNTS, 0.015), [0, 0, 0, 0, 0, 0, 0, 1])
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        rare_count_threshold(COUNTS, 1.0)
+
+
+def test_rare_token_rate():
+    mask = rare_token_mask(COUNTS, 0.10)  # ids 3..7 rare
+    assert rare_token_rate([[0, 3, 4], [1, 7]], mask) == 3 / 5
+    assert rare_token_rate([[0, 1, 2]], mask) == 0.0
+    assert math.isnan(rare_token_rate([[]], mask))
+    with pytest.raises(ValueError, match="Recount"):
+        rare_token_rate([[8]], mask)
+
+
+def test_rare_token_recall():
+    mask = rare_token_mask(COUNTS, 0.10)  # ids 3..7 rare
+    references = [[3, 4, 0, 3], [1, 2], [5, 6]]
+    generations = [[3, 0], [1], [2]]
+    # rare reference types {3, 4} (1 found), {} , {5, 6} (0 found): micro-average 1 / 4
+    assert rare_token_recall(generations, references, mask) == 1 / 4
+    assert rare_token_recall([[4, 3], [], [6, 5, 5]], references, mask) == 1.0
+    assert math.isnan(rare_token_recall([[3]], [[0, 1]], mask))
+    with pytest.raises(ValueError, match="one per example"):
+        rare_token_recall([[3]], references, mask)
+
+
+def test_mean_length():
+    assert mean_length([[1, 2], [3], []]) == 1.0
+    assert math.isnan(mean_length([]))
+
+
+def test_rouge_l():
+    # LCS "the cat" = 2 of 3 words both ways -> F = 2/3; identical -> 1
+    assert rouge_l(["the cat sat", "a b"], ["the cat ran", "a b"]) == pytest.approx((2 / 3 + 1) / 2, abs=1e-12)
+    # P = 2/2, R = 2/4 -> F = 2 P R / (P + R) = 2/3; the generation is the first argument
+    assert rouge_l(["the cat"], ["the cat sat down"]) == pytest.approx(2 / 3, abs=1e-12)
+    assert rouge_l(["x"], ["y"]) == 0.0
+
+
+def test_chrf():
+    # Character unigrams: 4 hyp, 4 ref, 3 match -> P = R = 3/4; bigrams "ab","xy" vs "ac","xy": 1/2. Orders 3..6 have
+    # no n-grams and are left out of the average: P = R = (3/4 + 1/2) / 2 = 0.625 -> F_beta = 62.5
+    assert chrf(["ab", "xy"], ["ac", "xy"]) == pytest.approx(62.5, abs=1e-9)
+    assert chrf(["same text"], ["same text"]) == pytest.approx(100.0)
+    assert chrf(["xyz"], ["abc"]) == 0.0
+
+
+def test_token_nll_sum():
+    # Row 0: p(label 1) = 3 / (1 + 3) -> nll ln(4/3); the -100 position is not scored. Row 1: uniform over 2 -> ln 2
+    logits = torch.tensor([[[0.0, math.log(3.0)], [5.0, 0.0]], [[0.0, 0.0], [1.0, 2.0]]])
+    labels = torch.tensor([[1, -100], [0, -100]])
+    total, count = token_nll_sum(logits, labels)
+    assert count == 2
+    assert total == pytest.approx(math.log(4 / 3) + math.log(2), abs=1e-6)
+
+
+def test_text_token_ids_drop_special_tokens(tiny_tokenizer):
+    ids = text_token_ids(tiny_tokenizer, ["The cat<|im_end|>", "The cat"])
+    assert ids[0] == ids[1]
+    assert tiny_tokenizer.convert_tokens_to_ids("<|im_end|>") not in ids[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# `pdl-trl eval` end to end on the tiny tokenizer and model
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_counts(tiny_model_dir, tiny_tokenizer, tmp_path):
+    """A counts file over the model's output rows: the tokens of a few hand-picked completions."""
+    texts = [" The cat is red and small.", " The sum is green.", " The dog is red."]
+    counts = np.zeros(len(tiny_tokenizer) + 24, dtype=np.int64)
+    for ids in text_token_ids(tiny_tokenizer, texts):
+        np.add.at(counts, ids, 1)
+    path = tmp_path / "counts.json"
+    TokenCounts(counts, str(tiny_model_dir), tokenizer_fingerprint(tiny_tokenizer), "test").save(path)
+    return path, counts
+
+
+def test_eval_scores_generations_file(tiny_model_dir, tiny_tokenizer, tiny_counts, tmp_path):
+    counts_path, counts = tiny_counts
+    rows = [
+        {"prompt": "Describe the cat.", "generation": " The cat is red and small.", "reference": " The cat is red."},
+        {"prompt": "What is 5 plus 7?", "generation": " The cat is blue.", "reference": " The sum is green."},
+    ]
+    generations_path = tmp_path / "gens.jsonl"
+    generations_path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    output = tmp_path / "out" / "metrics.json"
+    # The tiny tokenizer splits these texts into words: " The", " cat", ..., ".". Counts (N = 17): The 3, is 3, . 3,
+    # red 2, cat/and/small/sum/green/dog 1, blue 0. Mass 0.4 * 17 = 6.8 covers the six count-1 words (6), not the
+    # count-2 one (6 + 2 = 8): rare = count <= 1.
+    eval_main(
+        ["--tokenizer", str(tiny_model_dir), "--generations", str(generations_path), "--counts", str(counts_path)]
+        + ["--rare_mass", "0.4", "--output", str(output)]
+    )
+
+    content = json.loads(output.read_text())
+    assert content["format"] == "pdl-trl-eval"
+    assert content["details"]["rare_count_threshold"] == 1
+    assert content["details"]["num_examples"] == 2
+    metrics = content["metrics"]
+    # No model given: no reference NLL; the rest in the documented order
+    assert list(metrics) == [
+        "mean_generation_length",
+        "distinct_1",
+        "distinct_2",
+        "unigram_entropy",
+        "mean_self_information",
+        "rare_token_rate",
+        "rare_token_recall",
+        "rouge_l",
+        "chrf",
+    ]
+    # Generations: [The cat is red and small .] (7) and [The cat is blue .] (5)
+    assert metrics["mean_generation_length"] == 6.0
+    assert metrics["distinct_1"] == 8 / 12
+    # Bigrams: 6 + 4, of which "The cat" and "cat is" repeat
+    assert metrics["distinct_2"] == 8 / 10
+    # Four types twice (The cat is .), four once (red and small blue)
+    assert metrics["unigram_entropy"] == pytest.approx(4 * (2 / 12) * math.log2(6) + 4 * (1 / 12) * math.log2(12))
+    # -log2((c + 1) / (N + V)) averaged: sum of log2(c + 1) over the 12 tokens is 16 + log2(3)
+    vocab = len(counts)
+    expected_info = math.log2(17 + vocab) - (16 + math.log2(3)) / 12
+    assert metrics["mean_self_information"] == pytest.approx(expected_info, abs=1e-12)
+    # Rare among the generated tokens: cat, cat, and, small, blue
+    assert metrics["rare_token_rate"] == 5 / 12
+    # Rare reference types: {cat} (generated), {sum, green} (not): 1 / 3
+    assert metrics["rare_token_recall"] == 1 / 3
+    # ROUGE-L row 0: LCS 4 of 6 generated and 4 reference words -> P 2/3, R 1, F 0.8; row 1: LCS "the is" -> 0.5
+    assert metrics["rouge_l"] == pytest.approx((0.8 + 0.5) / 2, abs=1e-12)
+    assert 0 < metrics["chrf"] < 100
+
+
+def test_eval_rejects_counts_of_another_tokenizer(tiny_model_dir, tiny_counts, tmp_path):
+    counts_path, counts = tiny_counts
+    TokenCounts(counts, "other", "sha256:0", "test").save(tmp_path / "other.json")
+    generations = tmp_path / "gens.jsonl"
+    generations.write_text(json.dumps({"prompt": "p", "generation": "The cat"}) + "\n")
+    with pytest.raises(ValueError, match="Recount with `pdl-trl count"):
+        eval_main(
+            ["--tokenizer", str(tiny_model_dir), "--generations", str(generations)]
+            + ["--counts", str(tmp_path / "other.json")]
+        )
+
+
+def test_eval_generates_and_rescoring_matches(tiny_model_dir, tiny_counts, tmp_path):
+    counts_path, _ = tiny_counts
+    dataset = tmp_path / "test.jsonl"
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": "Describe the cat."}],
+            "completion": [{"role": "assistant", "content": " The cat is red and small."}],
+        },
+        {
+            "prompt": [{"role": "user", "content": "What is 5 plus 7?"}],
+            "completion": [{"role": "assistant", "content": " The sum is green."}],
+        },
+    ]
+    dataset.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    output = tmp_path / "metrics.json"
+    common = ["--model_name_or_path", str(tiny_model_dir), "--counts", str(counts_path), "--device", "cpu"]
+    result = eval_main(common + ["--dataset", str(dataset), "--max_new_tokens", "6", "--output", str(output)])
+
+    generations_path = tmp_path / "metrics.generations.jsonl"
+    written = [json.loads(line) for line in generations_path.read_text().splitlines()]
+    assert [row["prompt"] for row in written] == [row["prompt"] for row in rows]
+    assert [row["reference"] for row in written] == [row["completion"] for row in rows]
+    assert all(isinstance(row["generation"], str) for row in written)
+    metrics = result["metrics"]
+    assert 0 < metrics["mean_generation_length"] <= 6
+    assert math.isfinite(metrics["reference_nll"]) and metrics["reference_nll"] > 0
+
+    # Scoring the written generations with the same model reproduces every metric
+    rescored = eval_main(common + ["--generations", str(generations_path)])
+    assert rescored["metrics"] == metrics
+
+
+def test_generation_left_padding_matches_unbatched(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    prompts = ["Describe the cat.", [{"role": "user", "content": "What is 5 plus 7? Answer briefly, please."}]]
+    batched = generate_completions(model, tokenizer, prompts, max_new_tokens=5, batch_size=2, show_progress=False)
+    single = generate_completions(model, tokenizer, prompts, max_new_tokens=5, batch_size=1, show_progress=False)
+    assert batched == single
+
+
+def test_reference_nll_equals_trainer_nll(tiny_model_dir, cpu_config):
+    """The reference NLL scores exactly the tokens, and gives the value, of the trainer's `nll` on one eval batch."""
+    from tiny import prompt_completion_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pdl_trl import PDLSFTTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    data = prompt_completion_dataset(4, seed=5)
+    trainer = PDLSFTTrainer(
+        model=model,
+        args=cpu_config(pdl_alpha=0.0, per_device_eval_batch_size=4),
+        train_dataset=prompt_completion_dataset(8),
+        eval_dataset=data,
+        processing_class=tokenizer,
+    )
+    trainer_nll = trainer.evaluate()["eval_nll"]
+    ours = reference_nll(model, tokenizer, data["prompt"], data["completion"], batch_size=3, show_progress=False)
+    assert ours == pytest.approx(trainer_nll, rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# `pdl-trl compare`
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _metrics_file(path, metrics):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"format": "pdl-trl-eval", "version": 1, "metrics": metrics}))
+    return path
+
+
+def test_compare_table_and_plot(tmp_path):
+    a = _metrics_file(tmp_path / "sft" / "metrics.json", {"distinct_1": 0.25, "chrf": 31.0, "rouge_l": None})
+    b = _metrics_file(tmp_path / "pdl" / "metrics.json", {"distinct_1": 0.5, "rouge_l": 0.125, "extra": 2.0})
+    table_path, plot_path = tmp_path / "table.md", tmp_path / "chart.png"
+    table = compare_main([str(a), str(b), "--output", str(table_path), "--plot", str(plot_path)])
+
+    # Labels from the folders (the stems repeat); known metrics in their order, unknown ones last; n/a where missing
+    assert table == (
+        "| metric | sft | pdl |\n"
+        "|---|---:|---:|\n"
+        "| distinct_1 | 0.2500 | 0.5000 |\n"
+        "| rouge_l | n/a | 0.1250 |\n"
+        "| chrf | 31.0000 | n/a |\n"
+        "| extra | n/a | 2.0000 |\n"
+    )
+    assert table_path.read_text() == table
+    assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_compare_labels(tmp_path):
+    a = _metrics_file(tmp_path / "a.json", {"distinct_1": 0.25})
+    b = _metrics_file(tmp_path / "b.json", {"distinct_1": 0.5})
+    assert default_labels([a, b]) == ["a", "b"]
+    assert markdown_table(["x"], [{"distinct_1": 1.0}]).splitlines()[0] == "| metric | x |"
+    assert compare_main([str(a), str(b), "--labels", "SFT", "PDL"]).splitlines()[0] == "| metric | SFT | PDL |"
+    with pytest.raises(SystemExit, match="one label per file"):
+        compare_main([str(a), str(b), "--labels", "only-one"])
+    (tmp_path / "bad.json").write_text(json.dumps({"metrics": {}}))
+    with pytest.raises(ValueError, match="pdl-trl eval --output"):
+        compare_main([str(tmp_path / "bad.json")])
