@@ -566,6 +566,75 @@ def ordered_metrics(metrics: dict[str, float]) -> dict[str, float]:
     return {name: metrics[name] for name in METRIC_NAMES if name in metrics}
 
 
+def evaluate_model(
+    model,
+    tokenizer,
+    rows: Sequence[dict],
+    *,
+    counts: np.ndarray | None = None,
+    rare_mass: float = DEFAULT_RARE_MASS,
+    with_reference_nll: bool = True,
+    max_new_tokens: int = 128,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    batch_size: int = 8,
+    seed: int = 0,
+    show_progress: bool = True,
+) -> tuple[dict[str, float], dict, list[dict]]:
+    """
+    Generates a completion for each row's `prompt` and scores it, against the row's `completion` when there is one.
+
+    Returns:
+        `(metrics, details, generation_rows)`: as [`score`] (plus `reference_nll` with references and
+        `with_reference_nll`), and rows `{"prompt", "generation", "reference"}` for a generations file.
+    """
+    prompts = [row["prompt"] for row in rows]
+    has_references = "completion" in rows[0]
+    if any(("completion" in row) != has_references for row in rows):
+        raise ValueError("Some rows have a `completion` and some do not: give every row one, or none.")
+    generations = generate_completions(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        temperature=temperature,
+        top_p=top_p,
+        batch_size=batch_size,
+        seed=seed,
+        show_progress=show_progress,
+    )
+    generation_rows = [{"prompt": p, "generation": g} for p, g in zip(prompts, generations, strict=True)]
+    references = None
+    if has_references:
+        for out, row in zip(generation_rows, rows, strict=True):
+            out["reference"] = row["completion"]
+        references = [completion_text(row["completion"]) for row in rows]
+    metrics, details = score(generations, tokenizer, references=references, counts=counts, rare_mass=rare_mass)
+    if has_references and with_reference_nll:
+        metrics["reference_nll"] = reference_nll(
+            model,
+            tokenizer,
+            prompts,
+            [row["completion"] for row in rows],
+            batch_size=batch_size,
+            show_progress=show_progress,
+        )
+    return ordered_metrics(metrics), details, generation_rows
+
+
+def eval_result(metrics: dict[str, float], details: dict, settings: dict) -> dict:
+    """Content of a metrics file, as `pdl-trl compare` reads it."""
+    return {
+        "format": EVAL_FORMAT,
+        "version": EVAL_VERSION,
+        "metrics": ordered_metrics(metrics),
+        "details": details,
+        "settings": settings,
+    }
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pdl-trl eval",
@@ -660,11 +729,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
         references = [completion_text(row["reference"]) for row in rows] if "reference" in rows[0] else None
         raw_references = [row["reference"] for row in rows] if references is not None else None
         settings["generations"] = args.generations
+        metrics, details = score(
+            generations, tokenizer, references=references, counts=counts, rare_mass=args.rare_mass
+        )
+        if model is not None and raw_references is not None and not args.no_reference_nll:
+            if any(p is None for p in prompts):
+                raise ValueError(
+                    f"Reference NLL needs the prompt of every row of {args.generations}: add `prompt`, or pass "
+                    "--no_reference_nll."
+                )
+            metrics["reference_nll"] = reference_nll(
+                model, tokenizer, prompts, raw_references, batch_size=args.batch_size
+            )
     else:
         rows = load_eval_rows(args.dataset, args.split, args.max_samples)
-        prompts = [row["prompt"] for row in rows]
-        raw_references = [row["completion"] for row in rows] if "completion" in rows[0] else None
-        references = [completion_text(c) for c in raw_references] if raw_references is not None else None
         generation = {
             "max_new_tokens": args.max_new_tokens,
             "do_sample": args.do_sample,
@@ -673,10 +751,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "batch_size": args.batch_size,
             "seed": args.seed,
         }
-        generations = generate_completions(
+        metrics, details, out_rows = evaluate_model(
             model,
             tokenizer,
-            prompts,
+            rows,
+            counts=counts,
+            rare_mass=args.rare_mass,
+            with_reference_nll=not args.no_reference_nll,
             max_new_tokens=args.max_new_tokens,
             do_sample=args.do_sample,
             temperature=args.temperature,
@@ -690,28 +771,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
             output = Path(args.output)
             generations_path = output.with_name(f"{output.stem}.generations.jsonl")
         if generations_path is not None:
-            out_rows = [{"prompt": p, "generation": g} for p, g in zip(prompts, generations, strict=True)]
-            if raw_references is not None:
-                for row, ref in zip(out_rows, raw_references, strict=True):
-                    row["reference"] = ref
             write_generations(generations_path, out_rows)
             settings["generations_output"] = str(generations_path)
 
-    metrics, details = score(generations, tokenizer, references=references, counts=counts, rare_mass=args.rare_mass)
-    if model is not None and raw_references is not None and not args.no_reference_nll:
-        if any(p is None for p in prompts):
-            raise ValueError(
-                f"Reference NLL needs the prompt of every row of {args.generations}: add `prompt`, or pass "
-                "--no_reference_nll."
-            )
-        metrics["reference_nll"] = reference_nll(model, tokenizer, prompts, raw_references, batch_size=args.batch_size)
-    result = {
-        "format": EVAL_FORMAT,
-        "version": EVAL_VERSION,
-        "metrics": ordered_metrics(metrics),
-        "details": details,
-        "settings": settings,
-    }
+    result = eval_result(metrics, details, settings)
     print(json.dumps(_json_value(result["metrics"]), indent=2))
     if args.output is not None:
         write_json(args.output, result)
