@@ -90,8 +90,9 @@ def count_completion_tokens(
 def has_masked_targets(dataset: Dataset | IterableDataset, rows: int = 1024) -> bool:
     """Whether any target among the first `rows` rows is -100: false for plain language-model text."""
     if isinstance(dataset, IterableDataset):
-        columns = [c for c in ("labels", "seq_lengths") if c in dataset.column_names]
-        dataset = Dataset.from_list([{c: row[c] for c in columns} for row in dataset.take(rows)])
+        # A mapped stream may not know its columns (`column_names` is None): take them from the rows
+        columns = ("labels", "seq_lengths")
+        dataset = Dataset.from_list([{c: row[c] for c in columns if c in row} for row in dataset.take(rows)])
     else:
         dataset = dataset.select(range(min(rows, len(dataset))))
     return any((targets == IGNORE_INDEX).any() for targets in _target_labels(dataset, rows))
