@@ -1,0 +1,91 @@
+"""
+`pdl-trl sft`: `trl sft` with the Power-Law Decay Loss. Same arguments as `trl/scripts/sft.py`, plus the `pdl_*`
+fields of [`PDLSFTConfig`], and `--dataset_name` may be a local file.
+
+# QLoRA on one GPU
+```bash
+pdl-trl sft \
+    --model_name_or_path Qwen/Qwen2.5-0.5B-Instruct \
+    --dataset_name trl-lib/Capybara \
+    --assistant_only_loss \
+    --load_in_4bit \
+    --dtype bfloat16 \
+    --use_peft \
+    --lora_target_modules all-linear \
+    --pdl_alpha 0.5 \
+    --output_dir Qwen2.5-0.5B-PDL
+```
+
+# Any launcher
+```bash
+accelerate launch --config_file examples/accelerate/multi_gpu.yaml \
+    -m pdl_trl.scripts.sft --config examples/lora_bf16.yaml
+torchrun --nproc_per_node 2 -m pdl_trl.scripts.sft --config examples/lora_bf16.yaml
+```
+"""
+
+import argparse
+
+
+def main(script_args, training_args, model_args, dataset_args):
+    from trl import get_peft_config, get_quantization_config
+
+    from pdl_trl import PDLSFTTrainer
+    from pdl_trl.frequency import COUNTS_FILE_NAME
+    from pdl_trl.scripts.utils import get_split, load_script_dataset
+
+    model_init_kwargs = dict(
+        revision=model_args.model_revision,
+        trust_remote_code=training_args.trust_remote_code,
+        attn_implementation=model_args.attn_implementation,
+        dtype=model_args.dtype,
+    )
+    if training_args.model_init_kwargs is not None:
+        model_init_kwargs.update(training_args.model_init_kwargs)
+    training_args.model_init_kwargs = model_init_kwargs
+
+    dataset = load_script_dataset(script_args, dataset_args)
+    eval_dataset = None
+    if training_args.eval_strategy != "no":
+        eval_dataset = get_split(dataset, script_args.dataset_test_split, "dataset_test_split")
+
+    trainer = PDLSFTTrainer(
+        model=model_args.model_name_or_path,
+        args=training_args,
+        train_dataset=get_split(dataset, script_args.dataset_train_split, "dataset_train_split"),
+        eval_dataset=eval_dataset,
+        quantization_config=get_quantization_config(model_args),
+        peft_config=get_peft_config(model_args),
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.accelerator.print("✅ Training completed.")
+
+    # Also writes the PDL counts the run used (`pdl_counts.json`), so that it can be resumed or evaluated alike
+    trainer.save_model(training_args.output_dir)
+    trainer.accelerator.print(f"💾 Model, tokenizer and {COUNTS_FILE_NAME} saved to {training_args.output_dir}.")
+
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+        trainer.accelerator.print(f"🤗 Model pushed to the Hub in https://huggingface.co/{trainer.hub_model_id}.")
+
+    # Finish the trackers and destroy the process group
+    trainer.end()
+
+
+def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
+    from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, TrlParser
+
+    from pdl_trl import PDLSFTConfig
+
+    dataclass_types = (ScriptArguments, PDLSFTConfig, ModelConfig, DatasetMixtureConfig)
+    if subparsers is not None:
+        parser = subparsers.add_parser("sft", help="Run the PDL SFT training script", dataclass_types=dataclass_types)
+    else:
+        parser = TrlParser(dataclass_types, prog=prog)
+    return parser
+
+
+if __name__ == "__main__":
+    from pdl_trl.scripts.utils import parse_script_args
+
+    main(*parse_script_args(make_parser(prog="pdl-trl sft")))
