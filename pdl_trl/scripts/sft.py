@@ -60,6 +60,9 @@ def main(script_args, training_args, model_args, dataset_args):
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.accelerator.print("✅ Training completed.")
 
+    if trainer.is_fsdp_enabled:
+        # As PEFT's FSDP-QLoRA example does: checkpoints may be sharded, the final save gathers a loadable state dict
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     # Also writes the PDL counts the run used (`pdl_counts.json`), so that it can be resumed or evaluated alike
     trainer.save_model(training_args.output_dir)
     trainer.accelerator.print(f"💾 Model, tokenizer and {COUNTS_FILE_NAME} saved to {training_args.output_dir}.")
