@@ -1,0 +1,69 @@
+"""One PDL optimizer step (SGD) on the four-row tiny dataset; writes what the step produced to a file per rank.
+
+Run by `test_distributed.py` under `torchrun --nproc_per_node 2` (gloo, CPU), and called in-process there as the
+one-process reference:
+
+    python -m torch.distributed.run --nproc_per_node 2 tests/distributed_worker.py MODEL_DIR OUT_DIR --batch_size 2
+"""
+
+import argparse
+import os
+import sys
+
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from conftest import make_cpu_config  # noqa: E402  (also sets the offline / one-thread environment)
+
+
+NUM_ROWS = 4
+
+
+def train_one_step(model_dir: str, output_dir: str, batch_size: int, accumulation: int = 1) -> str:
+    """Trains one step and saves loss, table and parameters to `output_dir/result-rank{N}.pt`; returns that path."""
+    import torch
+    from tiny import prompt_completion_dataset
+
+    from pdl_trl import PDLSFTTrainer
+
+    args = make_cpu_config(
+        output_dir,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accumulation,
+        max_steps=1,
+        pdl_alpha=1.0,
+        optim="sgd",
+        learning_rate=0.1,
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,
+        # Rows in dataset order: rank 0 gets rows 0-1 and rank 1 rows 2-3, together the one-process batch
+        train_sampling_strategy="sequential",
+    )
+    trainer = PDLSFTTrainer(model_dir, args=args, train_dataset=prompt_completion_dataset(NUM_ROWS))
+    trainer.train()
+    rank = trainer.accelerator.process_index
+    result = {
+        "world_size": trainer.accelerator.num_processes,
+        "rank": rank,
+        "loss": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry],
+        "counts": trainer.pdl_counts.clone(),
+        "weights": trainer.pdl_weights.cpu().clone(),
+        "parameters": {name: p.detach().cpu().clone() for name, p in trainer.model.named_parameters()},
+    }
+    path = os.path.join(output_dir, f"result-rank{rank}.pt")
+    torch.save(result, path)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("model_dir")
+    parser.add_argument("output_dir")
+    parser.add_argument("--batch_size", type=int, required=True)
+    parser.add_argument("--accumulation", type=int, default=1)
+    options = parser.parse_args()
+    train_one_step(options.model_dir, options.output_dir, options.batch_size, options.accumulation)
+
+
+if __name__ == "__main__":
+    main()
