@@ -33,9 +33,16 @@ EXACT_SGD = {
     "train_sampling_strategy": "sequential",
 }
 
+# The exactness tests also run on CUDA, where TRL's fused head takes its Triton "compact" path (never run on CPU)
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def on(device: str) -> dict:
+    return {"use_cpu": device == "cpu"}
+
 
 def parameters(model) -> dict[str, torch.Tensor]:
-    return {name: p.detach().clone().float() for name, p in model.named_parameters()}
+    return {name: p.detach().float().cpu().clone() for name, p in model.named_parameters()}
 
 
 def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -105,7 +112,8 @@ def test_table_is_sized_to_the_output_rows_and_counts_completion_tokens(tiny_mod
 # Exactness of the normalisation
 
 
-def test_batch_size_and_gradient_accumulation_give_the_same_step(tiny_model_dir, cpu_config):
+@pytest.mark.parametrize("device", DEVICES)
+def test_batch_size_and_gradient_accumulation_give_the_same_step(tiny_model_dir, cpu_config, device):
     rows = prompt_completion_dataset(8)
     runs = {}
     for batch_size, accumulation in [(8, 1), (4, 2), (2, 4)]:
@@ -116,6 +124,7 @@ def test_batch_size_and_gradient_accumulation_give_the_same_step(tiny_model_dir,
             max_steps=1,
             pdl_alpha=1.0,
             **EXACT_SGD,
+            **on(device),
         )
         runs[batch_size, accumulation] = train(tiny_model_dir, args, rows)
 
@@ -130,13 +139,15 @@ def test_batch_size_and_gradient_accumulation_give_the_same_step(tiny_model_dir,
     )
 
 
-def test_alpha_zero_reproduces_sft_trainer(tiny_model_dir, cpu_config):
+@pytest.mark.parametrize("device", DEVICES)
+def test_alpha_zero_reproduces_sft_trainer(tiny_model_dir, cpu_config, device):
     rows = prompt_completion_dataset(16)
     common = {
         "per_device_train_batch_size": 2,
         "gradient_accumulation_steps": 2,
         "max_steps": 3,
         **EXACT_SGD,
+        **on(device),
     }
     sft = train(
         tiny_model_dir, cpu_config(SFTConfig, output_dir=cpu_config().output_dir + "-sft", **common), rows, SFTTrainer
@@ -165,9 +176,10 @@ def test_positive_alpha_changes_loss_and_update(tiny_model_dir, cpu_config):
     assert logged(pdl, "nll")[0] == pytest.approx(logged(sft, "loss")[0], rel=1e-5)
 
 
-def test_packing_matches_padded_batch(tiny_model_dir, cpu_config):
+@pytest.mark.parametrize("device", DEVICES)
+def test_packing_matches_padded_batch(tiny_model_dir, cpu_config, device):
     rows = prompt_completion_dataset(8)
-    common = {"max_steps": 1, "pdl_alpha": 0.7, **EXACT_SGD}
+    common = {"max_steps": 1, "pdl_alpha": 0.7, **EXACT_SGD, **on(device)}
     padded = train(tiny_model_dir, cpu_config(per_device_train_batch_size=8, **common), rows)
     # All eight rows in one packed sequence (bfd packing is padding-free): the same step as the padded batch
     packed = train(
@@ -188,9 +200,16 @@ def test_packing_matches_padded_batch(tiny_model_dir, cpu_config):
     assert max_abs_diff(parameters(packed.model), parameters(padded.model)) < 1e-6
 
 
-def test_padding_free_matches_padded_batch(tiny_model_dir, cpu_config):
+@pytest.mark.parametrize("device", DEVICES)
+def test_padding_free_matches_padded_batch(tiny_model_dir, cpu_config, device):
     rows = prompt_completion_dataset(8)
-    common = {"max_steps": 1, "pdl_alpha": 0.7, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 2}
+    common = {
+        "max_steps": 1,
+        "pdl_alpha": 0.7,
+        "per_device_train_batch_size": 4,
+        "gradient_accumulation_steps": 2,
+        **on(device),
+    }
     padded = train(tiny_model_dir, cpu_config(**common, **EXACT_SGD), rows)
     padding_free = train(
         tiny_model_dir,
@@ -202,6 +221,27 @@ def test_padding_free_matches_padded_batch(tiny_model_dir, cpu_config):
 
     assert logged(padding_free, "loss")[0] == pytest.approx(logged(padded, "loss")[0], rel=1e-5)
     assert max_abs_diff(parameters(padding_free.model), parameters(padded.model)) < 1e-6
+
+
+@pytest.mark.gpu
+def test_bf16_on_cuda_keeps_the_table_on_the_labels_device(tiny_model_dir, cpu_config):
+    """bf16 autocast on CUDA: the weight table must live where the labels are (indexing a CPU table with CUDA
+    labels raises), and accumulation still matches the full batch to bf16 precision."""
+    rows = prompt_completion_dataset(8)
+    runs = {}
+    for batch_size, accumulation in [(8, 1), (2, 4)]:
+        args = cpu_config(
+            output_dir=cpu_config().output_dir + f"-{batch_size}x{accumulation}",
+            use_cpu=False,
+            bf16=True,
+            per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation,
+            max_steps=1,
+            **EXACT_SGD,
+        )
+        runs[batch_size, accumulation] = train(tiny_model_dir, args, rows)
+    assert runs[8, 1].pdl_weights.device.type == "cuda"
+    assert logged(runs[2, 4], "loss")[0] == pytest.approx(logged(runs[8, 1], "loss")[0], rel=1e-2)
 
 
 # Datasets
