@@ -89,7 +89,8 @@ def unigram_entropy(sequences: Sequence[Sequence[int]]) -> float:
     if total == 0:
         return math.nan
     p = np.fromiter(counts.values(), dtype=np.float64) / total
-    return float(-(p * np.log2(p)).sum())
+    # log2(1 / p) rather than -log2(p): a single token type gives 0.0, not -0.0
+    return float((p * np.log2(1.0 / p)).sum())
 
 
 def _check_ids_in_counts(sequences: Sequence[Sequence[int]], vocab_size: int) -> None:

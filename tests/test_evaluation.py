@@ -59,7 +59,7 @@ def test_unigram_entropy():
     expected = 0.5 + math.log2(3) / 3 + math.log2(6) / 6
     assert unigram_entropy([[1, 2, 3], [1, 2, 1]]) == pytest.approx(expected, abs=1e-12)
     assert unigram_entropy([[4, 5], [6, 7]]) == pytest.approx(2.0, abs=1e-12)
-    assert unigram_entropy([[9, 9, 9]]) == 0.0
+    assert math.copysign(1.0, unigram_entropy([[9, 9, 9]])) == 1.0 and unigram_entropy([[9, 9, 9]]) == 0.0
     assert math.isnan(unigram_entropy([[], []]))
 
 
