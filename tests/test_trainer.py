@@ -73,6 +73,7 @@ def weighted_cross_entropy_reference(model_dir, dataset, weights) -> float:
     """`F.cross_entropy(weight=w)` over the full logits of the untrained model on all rows of `dataset`: the PDL
     loss of one optimizer step that sees exactly these rows."""
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    weights = weights.cpu()
     total, weight_sum = 0.0, 0.0
     for row in dataset:
         input_ids = torch.tensor([row["input_ids"]])
