@@ -76,7 +76,11 @@ class PDLSFTTrainer(SFTTrainer):
         elif not isinstance(args, PDLSFTConfig):
             # Like SFTTrainer with a TrainingArguments: keep every field set, PDL fields at their defaults
             dict_args = args.to_dict()
-            dict_args["hub_token"] = args.hub_token  # to_dict hides the hub_token
+            # to_dict masks every field named `*_token` with a placeholder, not only `hub_token`: an SFTConfig's
+            # `eos_token` would become '<EOS_TOKEN>' and fail as "not found in the vocabulary"
+            for name in dict_args:
+                if name.endswith("_token"):
+                    dict_args[name] = getattr(args, name)
             args = PDLSFTConfig(**dict_args)
         super().__init__(model, args, **kwargs)
 

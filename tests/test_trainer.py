@@ -16,10 +16,10 @@ from tiny import (
     prompt_completion_dataset,
     text_dataset,
 )
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, TrainingArguments
 from trl import SFTConfig, SFTTrainer
 
-from pdl_trl import PDLSFTTrainer, TokenCounts, power_law_weights, tokenizer_fingerprint
+from pdl_trl import PDLSFTConfig, PDLSFTTrainer, TokenCounts, power_law_weights, tokenizer_fingerprint
 from pdl_trl.frequency import COUNTS_FILE_NAME
 
 
@@ -408,6 +408,55 @@ def test_alpha_zero_nll_equals_loss(tiny_model_dir, cpu_config):
 def test_bad_config_raises(cpu_config, overrides, message):
     with pytest.raises(ValueError, match=message):
         cpu_config(**overrides)
+
+
+def test_streaming_dataset_needs_a_counts_file(tiny_model_dir, tiny_tokenizer, cpu_config, tmp_path):
+    with pytest.raises(ValueError, match="pdl_counts_path='counts.json'"):
+        PDLSFTTrainer(
+            str(tiny_model_dir), args=cpu_config(), train_dataset=prompt_completion_dataset(8).to_iterable_dataset()
+        )
+
+    counts = np.ones(len(tiny_tokenizer) + 24, dtype=np.int64)
+    TokenCounts(counts, str(tiny_model_dir), tokenizer_fingerprint(tiny_tokenizer), "test").save(tmp_path / "c.json")
+    trainer = train(
+        tiny_model_dir,
+        cpu_config(pdl_counts_path=str(tmp_path / "c.json"), max_steps=2),
+        prompt_completion_dataset(8).to_iterable_dataset(),
+    )
+    assert trainer.pdl_counts.tolist() == counts.tolist()
+    assert len(logged(trainer, "loss")) == 2
+
+    # The prompt-mask check also reads a stream
+    with pytest.raises(ValueError, match="No training label is masked"):
+        PDLSFTTrainer(
+            str(tiny_model_dir),
+            args=cpu_config(pdl_counts_path=str(tmp_path / "c.json")),
+            train_dataset=text_dataset(8).to_iterable_dataset(),
+        )
+
+
+@pytest.mark.parametrize("config_class", [TrainingArguments, SFTConfig])
+def test_other_configs_are_converted_with_pdl_defaults(tiny_model_dir, cpu_config, config_class):
+    extra = {"eos_token": "<|im_end|>"} if config_class is SFTConfig else {}
+    args = cpu_config(config_class, per_device_train_batch_size=3, **extra)
+    trainer = PDLSFTTrainer(str(tiny_model_dir), args=args, train_dataset=prompt_completion_dataset(8))
+    assert isinstance(trainer.args, PDLSFTConfig)
+    assert trainer.args.per_device_train_batch_size == 3
+    assert (trainer.args.pdl_alpha, trainer.args.pdl_epsilon) == (1.0, 1.0)
+    # `TrainingArguments.to_dict` masks every `*_token` field; the converted config must keep the real values
+    assert trainer.args.hub_token == args.hub_token
+    if config_class is SFTConfig:
+        assert (trainer.args.eos_token, trainer.args.pad_token) == ("<|im_end|>", args.pad_token)
+
+
+def test_compute_metrics_is_refused(tiny_model_dir, cpu_config):
+    with pytest.raises(ValueError, match="builds no logits"):
+        PDLSFTTrainer(
+            str(tiny_model_dir),
+            args=cpu_config(),
+            train_dataset=prompt_completion_dataset(8),
+            compute_metrics=lambda eval_prediction: {},
+        )
 
 
 def test_compute_loss_func_is_refused(tiny_model_dir, cpu_config):
