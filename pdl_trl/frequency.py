@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, IterableDataset
 from transformers import PreTrainedTokenizerBase
@@ -23,10 +24,44 @@ from pdl_trl.loss import IGNORE_INDEX
 COUNTS_FORMAT = "pdl-trl-counts"
 COUNTS_VERSION = 1
 COUNTS_FILE_NAME = "pdl_counts.json"
+# Label slots shifted and counted at a time: 8 MiB of int64, small enough to stay in cache for bincount
+_CHUNK_SLOTS = 2**20
 
 
-def _target_labels(dataset: Dataset, batch_size: int) -> Iterator[np.ndarray]:
-    """Flattened labels of each batch of rows, without the first position of every (sub-)sequence."""
+def _arrow_batches(dataset: Dataset, columns: list[str], batch_size: int) -> Iterator[pa.Table]:
+    """Batches of rows as Arrow tables, through the dataset's indices mapping when it has one; row order may differ.
+
+    SFTTrainer's filter (and shuffle) leave an indices mapping, which `dataset.data` alone would ignore.
+    `Dataset.iter` honours it but slices every row separately (8192 one-row chunks per batch, then a concatenation),
+    which took most of the counting time. Here runs of consecutive rows (what a filter leaves) are zero-copy slices
+    and anything else is one `take` per batch. Counting does not depend on the order of rows.
+    """
+    if not hasattr(dataset, "_indices"):  # not the `datasets.Dataset` layout this was written for: public, slower path
+        yield from dataset.with_format("arrow", columns=columns).iter(batch_size=batch_size)
+        return
+    table = dataset.data.table.select(columns)
+    if dataset._indices is None:
+        for start in range(0, table.num_rows, batch_size):
+            yield table.slice(start, batch_size)
+        return
+    indices = dataset._indices.column(0)
+    for start in range(0, len(indices), batch_size):
+        batch_indices = indices.slice(start, batch_size).to_numpy()
+        breaks = np.flatnonzero(np.diff(batch_indices) != 1) + 1
+        if len(breaks) < len(batch_indices) // 32:  # runs of 32 rows or more on average
+            for run in np.split(batch_indices, breaks):
+                yield table.slice(int(run[0]), len(run))
+        else:
+            yield table.take(batch_indices)
+
+
+def _single_chunk(column: pa.ChunkedArray) -> pa.Array:
+    # `combine_chunks` copies even a single chunk
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+
+def _label_batches(dataset: Dataset, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Flattened labels of each batch of rows, and the positions in them of every (sub-)sequence's first token."""
     if isinstance(dataset, IterableDataset):
         raise ValueError(
             "PDL cannot count tokens of an IterableDataset (streaming) inside the trainer: count the corpus first "
@@ -40,19 +75,23 @@ def _target_labels(dataset: Dataset, batch_size: int) -> Iterator[np.ndarray]:
         )
     packed = "seq_lengths" in dataset.column_names
     columns = ["labels", "seq_lengths"] if packed else ["labels"]
-    # Arrow batches honour the dataset's indices mapping (left by SFTTrainer's filter and shuffle); `dataset.data`
-    # would not.
-    for table in dataset.with_format("arrow", columns=columns).iter(batch_size=batch_size):
-        labels = table["labels"].combine_chunks()
+    for table in _arrow_batches(dataset, columns, batch_size):
+        labels = _single_chunk(table["labels"])
         values = pc.list_flatten(labels).to_numpy(zero_copy_only=False)
         if packed:
-            lengths = pc.list_flatten(table["seq_lengths"].combine_chunks()).to_numpy(zero_copy_only=False)
+            lengths = pc.list_flatten(_single_chunk(table["seq_lengths"])).to_numpy(zero_copy_only=False)
             starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
         else:
             offsets = labels.offsets.to_numpy()
             starts = offsets[:-1] - offsets[0]
+        yield values, starts[starts < len(values)]
+
+
+def _target_labels(dataset: Dataset, batch_size: int) -> Iterator[np.ndarray]:
+    """Flattened labels of each batch of rows, without the first position of every (sub-)sequence."""
+    for values, starts in _label_batches(dataset, batch_size):
         keep = np.ones(len(values), dtype=bool)
-        keep[starts[starts < len(values)]] = False
+        keep[starts] = False
         yield values[keep]
 
 
@@ -75,6 +114,46 @@ def count_completion_tokens(
     """
     if num_shards > 1:
         dataset = dataset.shard(num_shards=num_shards, index=shard_index, contiguous=True)
+    # Bincounts over every label slot, shifted so that -100 (and each sequence's first position, set to it) falls in
+    # bin 0, other negative ids in bins 1-99 and token t in bin 100 + t. Selecting the targets with boolean masks
+    # first copied the labels twice and took most of the time. The shifted copy is made into a buffer of
+    # `_CHUNK_SLOTS`, counted each time it is full, so that bincount reads it from cache.
+    shift = -IGNORE_INDEX
+    binned = np.zeros(vocab_size + shift, dtype=np.int64)
+    chunk = np.empty(_CHUNK_SLOTS, dtype=np.int64)
+    filled = 0
+
+    def flush() -> bool:
+        """Adds the buffer's counts; False if it holds an id outside [0, vocab_size) other than -100."""
+        nonlocal filled
+        try:
+            chunk_binned = np.bincount(chunk[:filled], minlength=vocab_size + shift)
+        except ValueError:  # an id below -100
+            return False
+        filled = 0
+        if len(chunk_binned) > len(binned) or chunk_binned[1:shift].any():
+            return False
+        np.add(binned, chunk_binned, out=binned)
+        return True
+
+    for values, starts in _label_batches(dataset, batch_size):
+        low = 0
+        while low < len(values):
+            size = min(len(values) - low, len(chunk) - filled)
+            shifted = chunk[filled : filled + size]
+            np.add(values[low : low + size], shift, out=shifted, casting="unsafe")
+            shifted[starts[np.searchsorted(starts, low) : np.searchsorted(starts, low + size)] - low] = 0
+            filled += size
+            low += size
+            if filled == len(chunk) and not flush():
+                return _count_masked(dataset, vocab_size, batch_size)
+    if filled and not flush():
+        return _count_masked(dataset, vocab_size, batch_size)
+    return binned[shift:]
+
+
+def _count_masked(dataset: Dataset, vocab_size: int, batch_size: int) -> np.ndarray:
+    """Counts by selecting the targets first: slower, and raises on the first batch with an id out of range."""
     counts = np.zeros(vocab_size, dtype=np.int64)
     for targets in _target_labels(dataset, batch_size):
         targets = targets[targets != IGNORE_INDEX]
