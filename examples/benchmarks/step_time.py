@@ -385,9 +385,9 @@ def parse_args(argv=None):
     parser.add_argument("--grad_accum", type=int, default=1)
     parser.add_argument("--seq_len", type=int, default=None, help="Tokens per row (default 1024; tiny 128).")
     parser.add_argument("--prompt_share", type=float, default=0.25, help="Share of each row that is prompt.")
-    parser.add_argument("--steps", type=int, default=10, help="Timed optimizer steps per variant and round.")
-    parser.add_argument("--warmup", type=int, default=3, help="Steps discarded at the start of every round.")
-    parser.add_argument("--rounds", type=int, default=2, help="Rounds; each builds every variant afresh.")
+    parser.add_argument("--steps", type=int, default=None, help="Timed optimizer steps per variant and round (10).")
+    parser.add_argument("--warmup", type=int, default=None, help="Steps discarded at the start of every round (3).")
+    parser.add_argument("--rounds", type=int, default=None, help="Rounds; each builds every variant afresh (2).")
     parser.add_argument("--pdl_alpha", type=float, default=1.0)
     parser.add_argument("--qlora", action=argparse.BooleanOptionalAction, default=None, help="Default: on CUDA.")
     parser.add_argument(
@@ -400,10 +400,18 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true", help="Tiny shape, few steps: a CPU smoke run (< 1 min).")
     parser.add_argument("--json", action="store_true", help="Print one JSON object instead of a table.")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.shape, args.steps, args.warmup, args.rounds = "tiny", 4, 1, 2
+    if args.quick:  # smaller defaults; explicit options still apply
+        args.shape = "tiny"
+        args.steps, args.warmup, args.rounds = (
+            args.steps or 4,
+            1 if args.warmup is None else args.warmup,
+            args.rounds or 2,
+        )
         args.batch_size = args.batch_size or 2
         args.seq_len = args.seq_len or 64
+    args.steps = args.steps or 10
+    args.warmup = 3 if args.warmup is None else args.warmup
+    args.rounds = args.rounds or 2
     tiny = args.shape == "tiny"
     args.batch_size = args.batch_size or (4 if tiny else 8)
     args.seq_len = args.seq_len or (128 if tiny else 1024)
