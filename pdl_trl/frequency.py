@@ -33,8 +33,8 @@ def _arrow_batches(dataset: Dataset, columns: list[str], batch_size: int) -> Ite
 
     SFTTrainer's filter (and shuffle) leave an indices mapping, which `dataset.data` alone would ignore.
     `Dataset.iter` honours it but slices every row separately (8192 one-row chunks per batch, then a concatenation),
-    which took most of the counting time. Here runs of consecutive rows (what a filter leaves) are zero-copy slices
-    and anything else is one `take` per batch. Counting does not depend on the order of rows.
+    which took most of the counting time. Here the mapping is read in sorted order, runs of consecutive rows (what a
+    filter or shuffle of the whole dataset leaves) are zero-copy slices and anything else is one `take` per batch.
     """
     if not hasattr(dataset, "_indices"):  # not the `datasets.Dataset` layout this was written for: public, slower path
         yield from dataset.with_format("arrow", columns=columns).iter(batch_size=batch_size)
@@ -44,9 +44,10 @@ def _arrow_batches(dataset: Dataset, columns: list[str], batch_size: int) -> Ite
         for start in range(0, table.num_rows, batch_size):
             yield table.slice(start, batch_size)
         return
-    indices = dataset._indices.column(0)
+    # Sorted, a shuffled mapping of all rows becomes one run; counts do not depend on the order of rows
+    indices = np.sort(dataset._indices.column(0).to_numpy())
     for start in range(0, len(indices), batch_size):
-        batch_indices = indices.slice(start, batch_size).to_numpy()
+        batch_indices = indices[start : start + batch_size]
         breaks = np.flatnonzero(np.diff(batch_indices) != 1) + 1
         if len(breaks) < len(batch_indices) // 32:  # runs of 32 rows or more on average
             for run in np.split(batch_indices, breaks):
