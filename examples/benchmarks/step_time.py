@@ -451,7 +451,17 @@ def main(argv=None) -> dict:
         for round_index in range(args.rounds):
             order = args.variants if round_index % 2 == 0 else args.variants[::-1]
             for variant in order:
-                result = run_variant(variant, model_dir, dataset, args, cuda, os.path.join(tmp, "out"))
+                try:
+                    result = run_variant(variant, model_dir, dataset, args, cuda, os.path.join(tmp, "out"))
+                except torch.OutOfMemoryError as error:
+                    # Out of memory before training (loading the model, building the trainer): record, go on
+                    result = {"error": f"OutOfMemoryError before training: {str(error).splitlines()[0]}"}
+                    result.update(
+                        setup_s=None, losses=[], step_times_s=[], step_cpu_times_s=[], rss_peak_delta_bytes=0
+                    )
+                    result["peak_bytes"] = torch.cuda.max_memory_allocated()
+                    gc.collect()
+                    torch.cuda.empty_cache()
                 results[variant].append(result)
                 print(
                     f"round {round_index} {variant}: median step "
@@ -500,7 +510,7 @@ def main(argv=None) -> dict:
             "peak_bytes": max(peaks) if peaks else None,
             "peak_gib": max(peaks) / 2**30 if peaks else None,
             "rss_peak_delta_bytes": _median([run["rss_peak_delta_bytes"] for run in runs]) if not cuda else None,
-            "setup_s": _median([run["setup_s"] for run in runs]),
+            "setup_s": _median([run["setup_s"] for run in runs if run["setup_s"] is not None]),
             "first_loss": runs[0]["losses"][0] if runs[0]["losses"] else None,
             "final_loss": runs[0]["losses"][-1] if runs[0]["losses"] else None,
             "round_medians_s": [_median(run["step_times_s"][args.warmup :]) for run in runs],
