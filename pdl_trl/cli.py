@@ -43,14 +43,14 @@ def sft(argv: list[str]) -> int:
     from trl.cli.accelerate_config import resolve_accelerate_config_argument
 
     from pdl_trl.scripts.sft import make_parser
-    from pdl_trl.scripts.utils import launch_option_names
+    from pdl_trl.scripts.utils import config_launch_args, launch_option_names
 
     parser = make_parser(prog="pdl-trl sft")
     *_, config_remaining, cli_remaining = parser.parse_args_and_config(
         argv, return_remaining_strings=True, separate_remaining_strings=True
     )
-    launch_args = resolve_accelerate_config_argument(config_remaining + cli_remaining)
-    unknown = [arg for arg in launch_args if arg.startswith("-") and arg not in launch_option_names()]
+    launch_args = resolve_accelerate_config_argument(config_launch_args(config_remaining) + cli_remaining)
+    unknown = [arg for arg in launch_args if arg.startswith("--") and arg.split("=")[0] not in launch_option_names()]
     if unknown:
         raise ValueError(
             f"Unknown arguments: {unknown}. They are neither `pdl-trl sft` arguments nor `accelerate launch` options: "

@@ -23,7 +23,7 @@ from pdl_trl.frequency import COUNTS_FILE_NAME
 from pdl_trl.scripts import count as count_script
 from pdl_trl.scripts import sft as sft_script
 from pdl_trl.scripts.inspect_counts import weight_report
-from pdl_trl.scripts.utils import load_script_dataset, parse_script_args
+from pdl_trl.scripts.utils import config_launch_args, load_script_dataset, parse_script_args
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,6 +151,13 @@ def test_misspelled_config_key_is_refused(sft_yaml):
     path = sft_yaml(pdl_alpah=0.3)
     with pytest.raises(ValueError, match="pdl_alpah"):
         parse_script_args(sft_script.make_parser(), ["--config", str(path)])
+
+
+def test_config_launch_keys_become_launch_args():
+    config_remaining = ["--multi_gpu", "True", "--num_processes", "2", "--same_network", "False"]
+    assert config_launch_args(config_remaining) == ["--multi_gpu", "--num_processes", "2"]
+    with pytest.raises(ValueError, match="num_proceses"):
+        config_launch_args(["--num_proceses", "2"])
 
 
 def test_cli_overrides_config(sft_yaml):
@@ -315,6 +322,7 @@ def test_inspect_refuses_another_tokenizer(tmp_path, tiny_model_dir):
 RANK_TABLES_SCRIPT = textwrap.dedent(
     """
     # `python -m pdl_trl.scripts.sft`, but each rank also writes the PDL table it trained with
+    import faulthandler
     import sys
 
     import numpy as np
@@ -333,6 +341,9 @@ RANK_TABLES_SCRIPT = textwrap.dedent(
 
 
     pdl_trl.PDLSFTTrainer = RankTablesTrainer
+    # A rank that hangs (seen rarely in the gloo teardown after the model was saved) prints where and exits,
+    # instead of holding the test until its timeout; the run itself takes seconds
+    faulthandler.dump_traceback_later(120, exit=True)
     sft.main(*parse_script_args(sft.make_parser(), sys.argv[1:]))
     """
 )
@@ -341,7 +352,7 @@ RANK_TABLES_SCRIPT = textwrap.dedent(
 def torchrun(args: list[str], cwd: Path) -> None:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
     result = subprocess.run(
-        command, cwd=cwd, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, timeout=600
+        command, cwd=cwd, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, timeout=300
     )
     assert result.returncode == 0, result.stderr.decode()[-4000:]
 

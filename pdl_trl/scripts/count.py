@@ -155,6 +155,8 @@ def main(script_args, training_args, model_args, dataset_args):
             f"Counted {token_counts.num_tokens} completion tokens ({seen} of {token_counts.vocab_size} types seen) "
             f"into {training_args.output}."
         )
+    # Every process tears the process group down together, once process 0 has written the file
+    trainer.accelerator.wait_for_everyone()
     trainer.end()
     return token_counts
 

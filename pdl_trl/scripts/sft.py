@@ -71,7 +71,8 @@ def main(script_args, training_args, model_args, dataset_args):
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
         trainer.accelerator.print(f"🤗 Model pushed to the Hub in https://huggingface.co/{trainer.hub_model_id}.")
 
-    # Finish the trackers and destroy the process group
+    # Finish the trackers and destroy the process group; every process together, once process 0 has saved
+    trainer.accelerator.wait_for_everyone()
     trainer.end()
 
 

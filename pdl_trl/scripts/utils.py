@@ -88,6 +88,34 @@ def launch_option_names() -> set[str]:
     return {name for action in launch_command_parser()._actions for name in action.option_strings}
 
 
+def config_launch_args(config_remaining: list[str]) -> list[str]:
+    """
+    The `accelerate launch` arguments among the config-file keys that no dataclass took (`["--num_processes", "2"]`).
+
+    Boolean launch flags become bare flags: `multi_gpu: true` must be `--multi_gpu`, not `--multi_gpu True` (which
+    `accelerate launch` would read as the script name). Any other key is an error.
+    """
+    from accelerate.commands.launch import launch_command_parser
+
+    actions = {name: action for action in launch_command_parser()._actions for name in action.option_strings}
+    unknown = [key.removeprefix("--") for key in config_remaining[::2] if key not in actions]
+    if unknown:
+        raise ValueError(
+            f"Unknown keys in the config file: {unknown}. They are neither arguments of this command nor "
+            "`accelerate launch` options: fix their spelling or remove them."
+        )
+    launch_args = []
+    for key, value in zip(config_remaining[::2], config_remaining[1::2], strict=True):
+        # A flag takes no value (accelerate has its own store-true action class, so test the arity)
+        if actions[key].nargs == 0:
+            if value.lower() not in ("true", "false"):
+                raise ValueError(f"The config file sets the launch flag `{key[2:]}` to {value!r}: use true or false.")
+            launch_args += [key] if value.lower() == "true" else []
+        else:
+            launch_args += [key, value]
+    return launch_args
+
+
 def parse_script_args(parser, args: list[str] | None = None) -> tuple:
     """
     Parses a script's arguments and `--config` file like `TrlParser.parse_args_and_config`, but stricter than
@@ -103,10 +131,5 @@ def parse_script_args(parser, args: list[str] | None = None) -> tuple:
             f"Unknown arguments: {cli_remaining}. Check their spelling; `accelerate launch` options go before the "
             "script (`accelerate launch --num_processes 2 -m pdl_trl.scripts.sft ...`) or to `pdl-trl sft`."
         )
-    unknown_keys = [key for key in config_remaining[::2] if key not in launch_option_names()]
-    if unknown_keys:
-        raise ValueError(
-            f"Unknown keys in the config file: {[key.removeprefix('--') for key in unknown_keys]}. They are neither "
-            "arguments of this command nor `accelerate launch` options: fix their spelling or remove them."
-        )
+    config_launch_args(config_remaining)  # validates them; the launcher got them from `pdl-trl sft`
     return tuple(dataclasses)
