@@ -1,4 +1,5 @@
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,10 @@ from pdl_trl.metrics import completion_metrics, completion_sums
 
 
 logger = logging.get_logger(__name__)
+
+# Below this share of the largest weight, the end-of-sequence token is down-weighted enough to stop the model ending
+# its answers: 0.0014 (alpha 1) did and 0.038 (alpha 0.5) half did on the bundled data; 0.19 (alpha 0.25) did not
+EOS_WEIGHT_WARNING = 0.05
 
 
 class PDLSFTTrainer(SFTTrainer):
@@ -146,6 +151,18 @@ class PDLSFTTrainer(SFTTrainer):
         self.pdl_weights = power_law_weights(self.pdl_counts, self.args.pdl_alpha, self.args.pdl_epsilon).to(
             self.accelerator.device
         )
+        eos_share = (self.pdl_weights[self._tokenizer.eos_token_id] / self.pdl_weights.max()).item()
+        if eos_share < EOS_WEIGHT_WARNING:
+            # Every example ends with this token, so it is the most frequent target there is: weighted down this far,
+            # the model stops learning to end its answers (measured in docs/results.md)
+            warnings.warn(
+                f"PDL weights the end-of-sequence token {self._tokenizer.eos_token!r} at {eos_share:.3g} of the "
+                f"rarest tokens (pdl_alpha={self.args.pdl_alpha}); the trained model may not stop generating. "
+                "A smaller pdl_alpha (e.g. 0.25) keeps it learning to stop; check `mean_generation_length` with "
+                "`pdl-trl eval`.",
+                UserWarning,
+                stacklevel=2,
+            )
         seen = self.pdl_counts > 0
         logger.info(
             f"PDL table from {token_counts.source}: {token_counts.num_tokens} tokens, {int(seen.sum())} of "

@@ -3,6 +3,7 @@
 import logging
 import math
 import os
+import warnings
 from collections import Counter
 
 import numpy as np
@@ -564,3 +565,14 @@ def test_resume_from_checkpoint_without_counts_raises(tiny_model_dir, cpu_config
     )
     with pytest.raises(FileNotFoundError, match=f"has no {COUNTS_FILE_NAME}"):
         trainer.train(resume_from_checkpoint=checkpoint)
+
+
+def test_down_weighted_end_of_sequence_token_is_warned_about(tiny_model_dir, cpu_config):
+    rows = prompt_completion_dataset(128)
+    # Every completion ends with EOS, so alpha=1 weighs it at (c + 1) / 129 of the rarest token (count c, a few here):
+    # below the 0.05 threshold; alpha=0.25 keeps it above
+    with pytest.warns(UserWarning, match="end-of-sequence token '<\\|im_end\\|>'"):
+        PDLSFTTrainer(model=str(tiny_model_dir), args=cpu_config(pdl_alpha=1.0, max_steps=1), train_dataset=rows)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*end-of-sequence token.*")
+        PDLSFTTrainer(model=str(tiny_model_dir), args=cpu_config(pdl_alpha=0.25, max_steps=1), train_dataset=rows)
