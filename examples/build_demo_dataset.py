@@ -148,6 +148,8 @@ def _dumps(rows: list[dict]) -> str:
     return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
+# Not pdl_trl.atomic: this script imports nothing beyond the standard library, since importing torch or
+# transformers changes what some stdlib modules expose and so the rows built (`--check` catches it)
 def _write_atomically(path: Path, text: str) -> None:
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

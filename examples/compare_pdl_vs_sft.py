@@ -45,7 +45,8 @@ from transformers.utils import logging
 
 import pdl_trl
 from pdl_trl import PDLSFTConfig, PDLSFTTrainer
-from pdl_trl.compare import markdown_table, plot, write_text
+from pdl_trl.atomic import write_text_atomically
+from pdl_trl.compare import markdown_table, plot
 from pdl_trl.evaluation import (
     DEFAULT_RARE_MASS,
     eval_result,
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
 
     labels = (["base"] if not args.skip_base else []) + [label for label, _ in runs]
     table = markdown_table(labels, [results[label] for label in labels])
-    write_text(args.output_dir / "comparison.md", table)
+    write_text_atomically(args.output_dir / "comparison.md", table)
     plot(labels, [results[label] for label in labels], args.output_dir / "comparison.png")
     total_s = round(time.perf_counter() - start, 1)
     summary = {

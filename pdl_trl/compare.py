@@ -4,10 +4,10 @@ import argparse
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from pdl_trl.atomic import write_atomically, write_text_atomically
 from pdl_trl.evaluation import EVAL_FORMAT, METRIC_NAMES
 
 
@@ -57,18 +57,6 @@ def markdown_table(labels: Sequence[str], runs: Sequence[dict[str, float]]) -> s
     return "\n".join(lines) + "\n"
 
 
-def _save_atomic(path: Path, save) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save(tmp_name)
-        os.replace(tmp_name, path)
-    except BaseException:
-        os.unlink(tmp_name)
-        raise
-
-
 def plot(labels: Sequence[str], runs: Sequence[dict[str, float]], path: str | os.PathLike) -> None:
     """PNG with one bar subplot per metric (their scales differ), one bar per run, written atomically."""
     import matplotlib
@@ -96,18 +84,8 @@ def plot(labels: Sequence[str], runs: Sequence[dict[str, float]], path: str | os
     for ax in axes.flat[len(names) :]:
         ax.set_visible(False)
     fig.tight_layout()
-    _save_atomic(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
-
-
-def write_text(path: str | os.PathLike, text: str) -> None:
-    def save(tmp):
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-
-    _save_atomic(Path(path), save)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -133,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     table = markdown_table(labels, runs)
     print(table, end="")
     if args.output is not None:
-        write_text(args.output, table)
+        write_text_atomically(args.output, table)
     if args.plot is not None:
         plot(labels, runs, args.plot)
     return table

@@ -13,7 +13,6 @@ import argparse
 import json
 import math
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pdl_trl.atomic import write_text_atomically
 from pdl_trl.frequency import TokenCounts, tokenizer_fingerprint
 
 
@@ -325,21 +325,6 @@ def load_eval_rows(path: str, split: str = "test", max_samples: int | None = Non
     return [{c: row[c] for c in columns} for row in dataset]
 
 
-def _write_atomic(path: str | os.PathLike, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        os.unlink(tmp_name)
-        raise
-
-
 def _json_value(value):
     # JSON has no NaN: an undefined metric is written as null
     if isinstance(value, float) and math.isnan(value):
@@ -351,12 +336,12 @@ def _json_value(value):
 
 def write_json(path: str | os.PathLike, content: dict) -> None:
     """Writes JSON atomically (temp file + `os.replace`), NaN as null."""
-    _write_atomic(path, lambda f: json.dump(_json_value(content), f, indent=2, ensure_ascii=False))
+    write_text_atomically(path, json.dumps(_json_value(content), indent=2, ensure_ascii=False))
 
 
 def write_generations(path: str | os.PathLike, rows: Sequence[dict]) -> None:
     """Writes a generations jsonl (`prompt`, `generation`, optional `reference`) atomically."""
-    _write_atomic(path, lambda f: f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    write_text_atomically(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def read_generations(path: str | os.PathLike) -> list[dict]:

@@ -7,10 +7,8 @@ sub-sequence) that are not `-100`. Prompt tokens, chat-template headers and padd
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -18,6 +16,7 @@ import pyarrow.compute as pc
 from datasets import Dataset, IterableDataset
 from transformers import PreTrainedTokenizerBase
 
+from pdl_trl.atomic import write_text_atomically
 from pdl_trl.loss import IGNORE_INDEX
 
 
@@ -202,8 +201,6 @@ class TokenCounts:
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes the JSON counts file atomically: a reader sees the old file or the whole new one."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         content = {
             "format": COUNTS_FORMAT,
             "version": COUNTS_VERSION,
@@ -214,16 +211,7 @@ class TokenCounts:
             "source": self.source,
             "counts": self.counts.tolist(),
         }
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(content, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp_name, path)
-        except BaseException:
-            os.unlink(tmp_name)
-            raise
+        write_text_atomically(path, json.dumps(content))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TokenCounts":

@@ -17,6 +17,7 @@ import sys
 import numpy as np
 import torch
 
+from pdl_trl.atomic import write_atomically
 from pdl_trl.frequency import TokenCounts, tokenizer_fingerprint
 from pdl_trl.loss import power_law_weights
 
@@ -95,7 +96,7 @@ def plot_weights(counts: np.ndarray, weights: np.ndarray, alpha: float, epsilon:
     ax.set_title(f"PDL weights, α = {alpha:g}, ε = {epsilon:g} ({len(order)} seen types)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=100)
+    write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
 
 
