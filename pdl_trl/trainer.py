@@ -51,7 +51,7 @@ class PDLSFTTrainer(SFTTrainer):
 
     trainer = PDLSFTTrainer(
         model="Qwen/Qwen2.5-0.5B-Instruct",
-        args=PDLSFTConfig(output_dir="out", pdl_alpha=0.5),
+        args=PDLSFTConfig(output_dir="out", pdl_alpha=0.25),
         train_dataset=load_dataset("trl-lib/tldr", split="train"),
     )
     trainer.train()
