@@ -108,6 +108,12 @@ class PDLSFTTrainer(SFTTrainer):
                     # kernel has no backward: later gradients through frozen 4-bit layers come out silently wrong.
                     module.support_avx512bf16_for_cpu = False
 
+        if not self.args.pdl_allow_unmasked_text and not has_masked_targets(self.train_dataset):
+            raise ValueError(
+                "No training label is masked: the dataset looks like plain language-model text, so PDL would count "
+                "and train prompt tokens too. Use prompt-completion data (`completion_only_loss`) or conversational "
+                "data with `assistant_only_loss=True`, or set `pdl_allow_unmasked_text=True` if that is intended."
+            )
         self._pdl_fingerprint = tokenizer_fingerprint(self._tokenizer)
         if self.args.pdl_counts_path is None:
             token_counts = TokenCounts(
@@ -118,12 +124,6 @@ class PDLSFTTrainer(SFTTrainer):
             )
         else:
             token_counts = TokenCounts.load(self.args.pdl_counts_path)
-        if not self.args.pdl_allow_unmasked_text and not has_masked_targets(self.train_dataset):
-            raise ValueError(
-                "No training label is masked: the dataset looks like plain language-model text, so PDL would count "
-                "and train prompt tokens too. Use prompt-completion data (`completion_only_loss`) or conversational "
-                "data with `assistant_only_loss=True`, or set `pdl_allow_unmasked_text=True` if that is intended."
-            )
         self._set_pdl_table(token_counts)
         self._pdl_step_weight_sum = None
 
