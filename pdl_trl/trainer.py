@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from peft import PeftModel
 from transformers import TrainingArguments
+from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import is_bitsandbytes_available, logging
 from trl import SFTTrainer
@@ -129,7 +130,9 @@ class PDLSFTTrainer(SFTTrainer):
 
     @property
     def _output_rows(self) -> int:
-        return self.model.get_output_embeddings().weight.shape[0]
+        weight = self.model.get_output_embeddings().weight
+        # ZeRO-3 partitions parameters at load time: the local tensor is empty and `ds_shape` holds the full shape
+        return weight.ds_shape[0] if is_deepspeed_zero3_enabled() else weight.shape[0]
 
     def _count_train_dataset(self) -> np.ndarray:
         """Counts the prepared training set, each process one shard, summed so every process holds the same table."""
