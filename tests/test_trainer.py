@@ -576,3 +576,29 @@ def test_down_weighted_end_of_sequence_token_is_warned_about(tiny_model_dir, cpu
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*end-of-sequence token.*")
         PDLSFTTrainer(model=str(tiny_model_dir), args=cpu_config(pdl_alpha=0.25, max_steps=1), train_dataset=rows)
+
+
+def test_eval_tokens_never_counted_do_not_dominate_the_eval_loss(tiny_model_dir, cpu_config):
+    from datasets import Dataset
+
+    # Completions made of prompt-only words: targets the training completions never contain
+    unseen_rows = [{"prompt": "What is 3 plus 4?", "completion": " What Describe plus"} for _ in range(2)]
+    eval_rows = Dataset.from_list(make_rows(6, seed=7) + unseen_rows)
+    # The paper code's epsilon: an uncapped unseen target would weigh 1e7 against at most 1 for a counted one
+    args = cpu_config(pdl_alpha=1.0, pdl_epsilon=1e-7, per_device_eval_batch_size=len(eval_rows))
+    trainer = PDLSFTTrainer(
+        str(tiny_model_dir), args=args, train_dataset=prompt_completion_dataset(32), eval_dataset=eval_rows
+    )
+    metrics = trainer.evaluate()
+
+    targets = torch.cat([torch.tensor(row["labels"][1:]) for row in trainer.eval_dataset])
+    targets = targets[targets != -100]
+    unseen = trainer.pdl_counts[targets] == 0
+    assert unseen.sum() >= 6
+    weights = trainer.pdl_weights.cpu()[targets]
+    assert torch.all(weights[unseen] == trainer.pdl_weights.max().cpu())
+    assert weights[unseen].sum() / weights.sum() < 0.5
+    # The whole eval set is one batch, so eval_loss is exactly the capped weighted cross-entropy
+    reference = weighted_cross_entropy_reference(tiny_model_dir, trainer.eval_dataset, trainer.pdl_weights)
+    assert metrics["eval_loss"] == pytest.approx(reference, rel=1e-5)
+    assert math.isfinite(metrics["eval_nll"])
