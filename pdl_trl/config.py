@@ -27,6 +27,17 @@ class PDLSFTConfig(SFTConfig):
         pdl_allow_unmasked_text (`bool`, *optional*, defaults to `False`):
             Allow a training set whose labels mask no prompt (plain language-model text), so that every token is
             counted and trained. Off by default because it usually means the prompt mask was lost.
+        pdl_neutral_special_tokens (`bool`, *optional*, defaults to `False`):
+            Give every token the tokenizer declares special (EOS, end-of-turn and other chat-template markers) the
+            mean weight of a target token instead of the formula's, so that it keeps the share of the loss it has in
+            plain SFT. At `pdl_alpha=1` the formula weighs the end-of-turn token, a target once per example, so low
+            that the model stops ending its answers.
+        pdl_neutral_tokens (`list[str]` or `None`, *optional*, defaults to `None`):
+            More tokens to weigh like that: vocabulary entries (`"<|im_end|>"`), texts of one token (`"\n"`) or
+            token ids (integers, from Python or a YAML file).
+        pdl_mix (`float`, *optional*, defaults to `1.0`):
+            Mix toward plain SFT: every weight becomes `(1 - pdl_mix) * mean + pdl_mix * w(t)`. `1.0` is PDL, `0.0`
+            plain SFT (for any `pdl_alpha`); in between, no token's weight falls below `1 - pdl_mix` times the mean.
     """
 
     pdl_alpha: float = field(
@@ -48,6 +59,24 @@ class PDLSFTConfig(SFTConfig):
         metadata={"help": "Allow PDL on a training set whose labels mask no prompt (plain language-model text)."},
     )
 
+    pdl_neutral_special_tokens: bool = field(
+        default=False,
+        metadata={
+            "help": "Weigh every special token (EOS, end-of-turn, template markers) at the mean weight of a target "
+            "token, so that it keeps its plain-SFT share of the loss."
+        },
+    )
+    pdl_neutral_tokens: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "More tokens to weigh at the mean: vocabulary entries, texts of one token, or ids (from YAML)."
+        },
+    )
+    pdl_mix: float = field(
+        default=1.0,
+        metadata={"help": "PDL share of each weight, mixed with plain SFT's: 1.0 is PDL, 0.0 plain SFT."},
+    )
+
     def __post_init__(self):
         if not (math.isfinite(self.pdl_alpha) and self.pdl_alpha >= 0):
             raise ValueError(f"`pdl_alpha` must be a finite number >= 0, got {self.pdl_alpha}. Use 0.0 for plain SFT.")
@@ -56,14 +85,23 @@ class PDLSFTConfig(SFTConfig):
                 f"`pdl_epsilon` must be a finite number > 0, got {self.pdl_epsilon}. It is added to token counts; "
                 "1.0 (add-one smoothing) is the default."
             )
-        if self.loss_type != "nll":
-            raise ValueError(
-                f"`loss_type={self.loss_type!r}` replaces the loss that PDL re-weights. Keep `loss_type='nll'`, or "
-                "use `trl.SFTTrainer` for DFT."
-            )
+        if not (math.isfinite(self.pdl_mix) and 0 <= self.pdl_mix <= 1):
+            raise ValueError(f"`pdl_mix` must be in [0, 1] (1.0 is PDL, 0.0 plain SFT), got {self.pdl_mix}.")
+        for token in self.pdl_neutral_tokens or []:
+            if isinstance(token, bool) or not isinstance(token, str | int):
+                raise ValueError(
+                    f"`pdl_neutral_tokens` takes token strings or integer ids, got {token!r}. Write ids as integers "
+                    "and tokens as strings, e.g. `['<|im_end|>', 198]`."
+                )
         if self.label_smoothing_factor > 0:
             raise ValueError(
                 "`label_smoothing_factor` > 0 spreads loss over every vocabulary entry, which per-target "
                 "weights cannot weight. Set `label_smoothing_factor=0.0`."
             )
         super().__post_init__()
+        # After SFTConfig's own checks, which map the deprecated alias `chunked_nll` to `nll`
+        if self.loss_type != "nll":
+            raise ValueError(
+                f"`loss_type={self.loss_type!r}` replaces the loss that PDL re-weights. Keep `loss_type='nll'`, or "
+                "use `trl.SFTTrainer` for DFT."
+            )

@@ -165,15 +165,64 @@ def _count_masked(dataset: Dataset, vocab_size: int, batch_size: int) -> np.ndar
     return counts
 
 
-def has_masked_targets(dataset: Dataset | IterableDataset, rows: int = 1024) -> bool:
-    """Whether any target among the first `rows` rows is -100: false for plain language-model text."""
+def first_targets(dataset: Dataset | IterableDataset, rows: int = 1024) -> np.ndarray:
+    """The next-token targets (labels after each sequence's first position, `-100` included) of the first `rows`
+    rows: a cheap sample for checks made before counting."""
     if isinstance(dataset, IterableDataset):
         # A mapped stream may not know its columns (`column_names` is None): take them from the rows
         columns = ("labels", "seq_lengths")
         dataset = Dataset.from_list([{c: row[c] for c in columns if c in row} for row in dataset.take(rows)])
     else:
         dataset = dataset.select(range(min(rows, len(dataset))))
-    return any((targets == IGNORE_INDEX).any() for targets in _target_labels(dataset, rows))
+    if len(dataset) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.concatenate(list(_target_labels(dataset, rows)))
+
+
+def has_masked_targets(dataset: Dataset | IterableDataset, rows: int = 1024) -> bool:
+    """Whether any target among the first `rows` rows is -100: false for plain language-model text."""
+    return bool((first_targets(dataset, rows) == IGNORE_INDEX).any())
+
+
+def neutral_token_ids(
+    tokenizer: PreTrainedTokenizerBase, special_tokens: bool, tokens: list[str | int] | None, vocab_size: int
+) -> list[int]:
+    """
+    Ids of the tokens that PDL weighs at the mean (`pdl_neutral_special_tokens`, `pdl_neutral_tokens`), sorted.
+
+    Args:
+        tokenizer: the training tokenizer.
+        special_tokens (`bool`): include every token the tokenizer declares special: its named special tokens (EOS,
+            BOS, PAD, ...) and every added token marked special (chat-template markers such as `<|im_end|>`).
+        tokens (`list[str | int]` or `None`): more tokens: an integer is an id; a string is a vocabulary entry
+            (`"<|im_end|>"`, `"Ċ"`) or else a text that the tokenizer encodes to exactly one token (`"\n"`).
+        vocab_size (`int`): rows of the PDL table; ids must be below it.
+    """
+    ids = set()
+    if special_tokens:
+        ids.update(tokenizer.all_special_ids)
+        ids.update(i for i, added in tokenizer.added_tokens_decoder.items() if added.special)
+    vocab = tokenizer.get_vocab()
+    for token in tokens or []:
+        if isinstance(token, int):
+            token_id = token
+        elif token in vocab:
+            token_id = vocab[token]
+        else:
+            encoded = tokenizer.encode(token, add_special_tokens=False)
+            if len(encoded) != 1:
+                raise ValueError(
+                    f"`pdl_neutral_tokens` entry {token!r} is {len(encoded)} tokens ({encoded}), not one. Name single "
+                    "tokens: a vocabulary entry, a text of one token, or an integer id."
+                )
+            (token_id,) = encoded
+        if not 0 <= token_id < vocab_size:
+            raise ValueError(
+                f"`pdl_neutral_tokens` entry {token!r} is id {token_id}, outside the model's {vocab_size} output rows."
+            )
+        ids.add(token_id)
+    # Special tokens beyond the output rows cannot be targets
+    return sorted(i for i in ids if i < vocab_size)
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
@@ -215,17 +264,41 @@ class TokenCounts:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TokenCounts":
-        with open(path) as f:
-            content = json.load(f)
-        if content.get("format") != COUNTS_FORMAT or content.get("version") != COUNTS_VERSION:
+        """Reads a counts file; any way it can be wrong is a `ValueError` (or `FileNotFoundError`) naming the file."""
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"No counts file at {path}. Write one with `pdl-trl count ... --output {path}`, or drop "
+                "`pdl_counts_path` to count the training set."
+            )
+        try:
+            with open(path, encoding="utf-8") as f:
+                content = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(
+                f"{path} is not readable JSON ({error}): the file is damaged or not a counts file. Recount with "
+                "`pdl-trl count`, or use the `pdl_counts.json` a training run saved."
+            ) from error
+        if (
+            not isinstance(content, dict)
+            or content.get("format") != COUNTS_FORMAT
+            or content.get("version") != COUNTS_VERSION
+        ):
             raise ValueError(
                 f"{path} is not a pdl-trl counts file (format {COUNTS_FORMAT!r}, version {COUNTS_VERSION}). Write one "
                 "with `pdl-trl count` or `PDLSFTTrainer.save_model`."
             )
-        counts = np.asarray(content["counts"], dtype=np.int64)
-        if len(counts) != content["vocab_size"] or (counts < 0).any() or int(counts.sum()) != content["num_tokens"]:
-            raise ValueError(f"{path} is damaged: its counts disagree with its `vocab_size` or `num_tokens`.")
-        return cls(counts, content["tokenizer"], content["tokenizer_fingerprint"], content["source"])
+        try:
+            counts = np.asarray(content["counts"], dtype=np.int64)
+            vocab_size, num_tokens = content["vocab_size"], content["num_tokens"]
+            tokenizer, fingerprint, source = content["tokenizer"], content["tokenizer_fingerprint"], content["source"]
+        except (KeyError, TypeError, ValueError, OverflowError) as error:
+            raise ValueError(f"{path} is damaged: {error!r}. Recount with `pdl-trl count`.") from error
+        if counts.ndim != 1 or len(counts) != vocab_size or (counts < 0).any() or int(counts.sum()) != num_tokens:
+            raise ValueError(
+                f"{path} is damaged: its counts disagree with its `vocab_size` or `num_tokens`. Recount with "
+                "`pdl-trl count`."
+            )
+        return cls(counts, tokenizer, fingerprint, source)
 
     def check_compatible(self, vocab_size: int, fingerprint: str, tokenizer_name: str) -> None:
         """Raises when these counts were made for another vocabulary than the one being trained."""

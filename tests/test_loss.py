@@ -161,6 +161,11 @@ def test_fully_masked_batch_gives_a_finite_zero_with_a_graph(weight_sum):
     assert torch.equal(logits.grad, torch.zeros_like(logits))
 
 
+def count_weighted_mean(weights: torch.Tensor, counts: torch.Tensor, among: torch.Tensor | None = None) -> float:
+    among = counts > 0 if among is None else among
+    return ((counts[among] * weights[among].double()).sum() / counts[among].sum()).item()
+
+
 def test_power_law_weights_formula_and_unseen_token_policy():
     counts = torch.tensor([0, 1, 3, 10, 0, 250])
     alpha, epsilon = 0.7, 0.5
@@ -169,11 +174,16 @@ def test_power_law_weights_formula_and_unseen_token_policy():
 
     assert weights.dtype == torch.float32
     assert weights.shape == counts.shape
-    seen_expected = [(c + epsilon) ** -alpha for c in (1, 3, 10, 250)]
-    torch.testing.assert_close(weights[[1, 2, 3, 5]], torch.tensor(seen_expected, dtype=torch.float32))
+    # The formula, up to the scale (which the loss divides out): the count-weighted mean of a target is 1
+    formula = torch.tensor([(c + epsilon) ** -alpha for c in (1, 3, 10, 250)], dtype=torch.float64)
+    counted = torch.tensor([1, 3, 10, 250], dtype=torch.float64)
+    torch.testing.assert_close(
+        weights[[1, 2, 3, 5]], (formula / ((counted * formula).sum() / counted.sum())).float()
+    )
+    assert count_weighted_mean(weights, counts) == pytest.approx(1.0, rel=1e-6)
     # Unseen tokens take the rarest seen token's weight, not epsilon ** -alpha (which would be larger)
     assert weights[0] == weights[4] == weights[1] == max(weights[[1, 2, 3, 5]])
-    assert weights[0] < epsilon**-alpha
+    assert weights[0] / weights[5] < epsilon**-alpha / (250 + epsilon) ** -alpha
     # Rarer tokens weigh more
     assert torch.all(weights[[1, 2, 3, 5]].diff() < 0)
 
@@ -187,7 +197,84 @@ def test_power_law_weights_with_nothing_counted_is_finite_and_uniform():
 def test_power_law_weights_tiny_epsilon_keeps_unseen_tokens_bounded():
     """The paper code's epsilon=1e-7 would give an unseen token weight 1e7."""
     weights = power_law_weights(torch.tensor([0, 2, 4]), alpha=1.0, epsilon=1e-7)
-    torch.testing.assert_close(weights, torch.tensor([0.5, 0.5, 0.25]))
+    # Formula [0.5, 0.5, 0.25] over a count-weighted mean of (2 * 0.5 + 4 * 0.25) / 6 = 1 / 3
+    torch.testing.assert_close(weights, torch.tensor([1.5, 1.5, 0.75]))
+
+
+def test_neutral_tokens_weigh_the_mean_of_the_other_targets():
+    counts = torch.tensor([0, 1, 3, 10, 6, 250])
+    neutral = torch.tensor([False, False, False, False, True, True])
+    alpha, epsilon = 1.0, 1.0
+
+    weights = power_law_weights(counts, alpha, epsilon, neutral=neutral)
+
+    # By hand: formula 1/2, 1/4, 1/11 on the counted non-neutral tokens, whose count-weighted mean is
+    # (1/2 + 3/4 + 10/11) / 14; unseen token 0 weighs as the rarest counted one
+    mean = (1 / 2 + 3 / 4 + 10 / 11) / 14
+    expected = torch.tensor([1 / 2 / mean, 1 / 2 / mean, 1 / 4 / mean, 1 / 11 / mean, 1.0, 1.0])
+    torch.testing.assert_close(weights, expected)
+    # So the neutral tokens carry their plain-SFT share of the corpus's weight: their share of the tokens
+    share = (counts[neutral] * weights[neutral]).sum() / (counts * weights).sum()
+    assert share.item() == pytest.approx((6 + 250) / counts.sum().item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("mix", [0.0, 0.3, 1.0])
+def test_mix_moves_every_weight_toward_the_mean(mix):
+    counts = torch.tensor([0, 1, 3, 10, 6, 250])
+    neutral = torch.tensor([False, False, False, False, False, True])
+    pdl = power_law_weights(counts, 1.0, 1.0, neutral=neutral)
+
+    weights = power_law_weights(counts, 1.0, 1.0, neutral=neutral, mix=mix)
+
+    # w' = (1 - mix) * mean + mix * w, the mean being 1; neutral tokens stay at the mean
+    expected = torch.where(neutral, torch.ones(6), (1 - mix) + mix * pdl)
+    torch.testing.assert_close(weights, expected)
+    assert count_weighted_mean(weights, counts, among=(counts > 0) & ~neutral) == pytest.approx(1.0, rel=1e-6)
+    assert weights.min() >= 1 - mix - 1e-6
+    if mix == 0.0:
+        assert torch.all(weights == 1.0)
+
+
+def test_mix_zero_is_the_plain_mean_negative_log_likelihood_for_any_alpha():
+    logits, labels = make_batch(seed=6)
+    counts = torch.tensor([0, 1, 2, 3, 5, 8, 13, 21, 0, 100, 7])
+    weights = power_law_weights(counts, alpha=2.0, epsilon=1.0, mix=0.0)
+
+    loss = power_law_decay_loss(fused_head_log_probs(logits, labels), target_weights(weights, labels))
+    expected = F.cross_entropy(
+        logits[:, :-1].reshape(-1, VOCAB), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX, reduction="mean"
+    )
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize(("alpha", "epsilon"), [(1.0, 1e45), (3.0, 1e15), (1.0, 1e-30)])
+def test_weights_are_scale_safe(alpha, epsilon):
+    """Only relative weights matter: absolute formula values that float32 cannot hold (1e-45, 1e-135, 1e30) must not
+    change the loss."""
+    logits, labels = make_batch(seed=7)
+    counts = torch.tensor([0, 1, 2, 3, 5, 8, 13, 21, 0, 100, 7])
+
+    weights = power_law_weights(counts, alpha, epsilon)
+
+    assert torch.all(torch.isfinite(weights)) and torch.all(weights > 0)
+    formula = (counts.double() + epsilon).pow(-alpha)  # float64 holds these
+    formula = torch.where(counts > 0, formula, formula[counts > 0].max())
+    loss = power_law_decay_loss(fused_head_log_probs(logits, labels), target_weights(weights, labels))
+    torch.testing.assert_close(loss.double(), reference_cross_entropy(logits, labels, formula), rtol=1e-5, atol=0)
+
+
+def test_weights_beyond_float32_are_refused_unless_mixed():
+    counts = torch.tensor([1, 10**9, 5])
+    with pytest.raises(ValueError, match="Lower `pdl_alpha`, or set `pdl_mix` below 1"):
+        power_law_weights(counts, alpha=5.0, epsilon=1.0)
+    # The frequent token's formula weight is 1e-43 of the mean; a mix keeps every weight above 1 - mix
+    weights = power_law_weights(counts, alpha=5.0, epsilon=1.0, mix=0.5)
+    assert torch.all(torch.isfinite(weights)) and weights.min() >= 0.5 - 1e-6
+
+
+def test_mix_outside_zero_one_is_refused():
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        power_law_weights(torch.tensor([1, 2]), 1.0, 1.0, mix=1.5)
 
 
 def test_target_weights_are_shifted_and_zero_on_ignored_targets():

@@ -1,10 +1,12 @@
 """PDLSFTTrainer on CPU with the real TRL / transformers / PEFT / bitsandbytes stack and the tiny Qwen2 model."""
 
+import json
 import logging
 import math
 import os
 import warnings
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -602,3 +604,180 @@ def test_eval_tokens_never_counted_do_not_dominate_the_eval_loss(tiny_model_dir,
     reference = weighted_cross_entropy_reference(tiny_model_dir, trainer.eval_dataset, trainer.pdl_weights)
     assert metrics["eval_loss"] == pytest.approx(reference, rel=1e-5)
     assert math.isfinite(metrics["eval_nll"])
+
+
+# Neutral tokens and the mix toward plain SFT
+
+
+def neutral_special_ids(tokenizer) -> set[int]:
+    return set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+
+
+def test_neutral_special_tokens_weigh_the_mean_and_keep_their_sft_share(tiny_model_dir, tiny_tokenizer, cpu_config):
+    rows = prompt_completion_dataset(128)
+    with warnings.catch_warnings():
+        # At alpha=1 the end-of-sequence warning fires without the option (test above), never with it
+        warnings.filterwarnings("error", message=".*end-of-sequence token.*")
+        trainer = PDLSFTTrainer(
+            str(tiny_model_dir),
+            args=cpu_config(pdl_alpha=1.0, pdl_neutral_special_tokens=True, max_steps=1),
+            train_dataset=rows,
+        )
+    counts, weights = trainer.pdl_counts, trainer.pdl_weights.cpu()
+    neutral = trainer.pdl_neutral_mask.cpu()
+    assert set(torch.nonzero(neutral).squeeze(1).tolist()) == neutral_special_ids(tiny_tokenizer)
+    assert weights[tiny_tokenizer.eos_token_id] == 1.0 and torch.all(weights[neutral] == 1.0)
+    # Same formula as without the option elsewhere, rescaled so that the other targets' count-weighted mean is 1
+    counted = (counts > 0) & ~neutral
+    formula = power_law_weights(counts, 1.0, 1.0)
+    torch.testing.assert_close(
+        weights[counted], formula[counted] / formula[counted].mul(counts[counted]).sum() * counts[counted].sum()
+    )
+    # So the end-of-sequence token carries the share of the training set's weight it has in plain SFT
+    eos = tiny_tokenizer.eos_token_id
+    assert (counts[eos] * weights[eos] / (counts * weights).sum()).item() == pytest.approx(
+        (counts[eos] / counts.sum()).item(), rel=1e-5
+    )
+
+
+def test_neutral_share_metric_is_the_neutral_targets_share_of_the_step_weight(tiny_model_dir, cpu_config):
+    trainer = train(
+        tiny_model_dir,
+        cpu_config(pdl_alpha=1.0, pdl_neutral_special_tokens=True, per_device_train_batch_size=8, max_steps=1),
+        prompt_completion_dataset(8),
+    )
+    # One step over all eight rows: the share by hand from the prepared labels
+    targets = torch.cat([torch.tensor(row["labels"][1:]) for row in trainer.train_dataset])
+    targets = targets[targets != -100]
+    weights = trainer.pdl_weights.cpu()[targets]
+    expected = weights[trainer.pdl_neutral_mask.cpu()[targets]].sum() / weights.sum()
+    assert 0 < expected < 1
+    assert logged(trainer, "pdl_neutral_share")[0] == pytest.approx(expected.item(), rel=1e-5)
+
+    plain = train(
+        tiny_model_dir,
+        cpu_config(output_dir=cpu_config().output_dir + "-plain", max_steps=1),
+        prompt_completion_dataset(8),
+    )
+    assert logged(plain, "pdl_neutral_share") == [0.0]
+
+
+def test_named_neutral_tokens(tiny_model_dir, tiny_tokenizer, cpu_config):
+    (the,) = tiny_tokenizer.encode(" The")
+    (dot,) = tiny_tokenizer.encode(".")
+    trainer = PDLSFTTrainer(
+        str(tiny_model_dir),
+        # A vocabulary entry, a text of one token and an id
+        args=cpu_config(pdl_neutral_tokens=["<|im_end|>", " The", dot]),
+        train_dataset=prompt_completion_dataset(16),
+    )
+    assert torch.nonzero(trainer.pdl_neutral_mask).squeeze(1).tolist() == sorted(
+        {tiny_tokenizer.eos_token_id, the, dot}
+    )
+    assert torch.all(trainer.pdl_weights[trainer.pdl_neutral_mask] == 1.0)
+
+
+@pytest.mark.parametrize(
+    ("tokens", "message"),
+    [([" The sum is"], "is 3 tokens"), ([10**6], "outside the model's"), ([-1], "outside the model's")],
+)
+def test_bad_neutral_tokens_are_refused(tiny_model_dir, cpu_config, tokens, message):
+    with pytest.raises(ValueError, match=message):
+        PDLSFTTrainer(
+            str(tiny_model_dir), args=cpu_config(pdl_neutral_tokens=tokens), train_dataset=prompt_completion_dataset(8)
+        )
+
+
+def test_mix_zero_reproduces_sft_trainer_at_any_alpha(tiny_model_dir, cpu_config):
+    rows = prompt_completion_dataset(16)
+    common = {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 2, "max_steps": 2, **EXACT_SGD}
+    sft = train(
+        tiny_model_dir, cpu_config(SFTConfig, output_dir=cpu_config().output_dir + "-sft", **common), rows, SFTTrainer
+    )
+    pdl = train(
+        tiny_model_dir, cpu_config(pdl_alpha=2.0, pdl_mix=0.0, pdl_neutral_special_tokens=True, **common), rows
+    )
+
+    for key in ["loss", "entropy", "mean_token_accuracy", "num_tokens"]:
+        assert logged(pdl, key) == pytest.approx(logged(sft, key), rel=1e-5), key
+    assert max_abs_diff(parameters(pdl.model), parameters(sft.model)) < 1e-6
+
+
+def test_options_keep_accumulation_exact(tiny_model_dir, cpu_config):
+    rows = prompt_completion_dataset(8)
+    options = {"pdl_alpha": 1.0, "pdl_neutral_special_tokens": True, "pdl_mix": 0.5}
+    runs = {}
+    for batch_size, accumulation in [(8, 1), (2, 4)]:
+        args = cpu_config(
+            output_dir=cpu_config().output_dir + f"-{batch_size}x{accumulation}",
+            per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation,
+            max_steps=1,
+            **options,
+            **EXACT_SGD,
+        )
+        runs[batch_size, accumulation] = train(tiny_model_dir, args, rows)
+
+    full = runs[8, 1]
+    reference = weighted_cross_entropy_reference(tiny_model_dir, full.train_dataset, full.pdl_weights)
+    assert logged(full, "loss")[0] == pytest.approx(reference, rel=1e-5)
+    assert logged(runs[2, 4], "loss")[0] == pytest.approx(reference, rel=1e-5)
+    assert max_abs_diff(parameters(runs[2, 4].model), parameters(full.model)) < 1e-6
+    # The options did change the step: not plain PDL
+    plain = train(
+        tiny_model_dir,
+        cpu_config(
+            output_dir=cpu_config().output_dir + "-pdl",
+            per_device_train_batch_size=8,
+            max_steps=1,
+            pdl_alpha=1.0,
+            **EXACT_SGD,
+        ),
+        rows,
+    )
+    assert abs(logged(plain, "loss")[0] - logged(full, "loss")[0]) > 1e-4
+
+
+# Settings saved with the model, checked on resume, shown on the model card
+
+
+def test_resume_with_other_pdl_settings_is_refused(tiny_model_dir, cpu_config):
+    args = cpu_config(max_steps=1, save_strategy="steps", save_steps=1, pdl_alpha=1.0)
+    first = train(tiny_model_dir, args, prompt_completion_dataset(8))
+    checkpoint = os.path.join(args.output_dir, "checkpoint-1")
+    with open(os.path.join(checkpoint, "pdl_settings.json")) as f:
+        saved = json.load(f)
+    assert saved["pdl_alpha"] == 1.0 and saved["neutral_token_ids"] == first.pdl_settings["neutral_token_ids"]
+
+    for changed in [{"pdl_alpha": 0.5}, {"pdl_mix": 0.5}, {"pdl_neutral_special_tokens": True}, {"pdl_epsilon": 2.0}]:
+        trainer = PDLSFTTrainer(
+            str(tiny_model_dir),
+            args=cpu_config(max_steps=2, **{"pdl_alpha": 1.0, **changed}),
+            train_dataset=prompt_completion_dataset(8),
+        )
+        with pytest.raises(ValueError, match="was trained with other PDL settings"):
+            trainer.train(resume_from_checkpoint=checkpoint)
+
+    same = PDLSFTTrainer(
+        str(tiny_model_dir), args=cpu_config(max_steps=2, pdl_alpha=1.0), train_dataset=prompt_completion_dataset(8)
+    )
+    same.train(resume_from_checkpoint=checkpoint)
+    assert same.state.global_step == 2
+
+
+def test_missing_checkpoint_folder_is_named_as_such(tiny_model_dir, cpu_config, tmp_path):
+    trainer = PDLSFTTrainer(str(tiny_model_dir), args=cpu_config(), train_dataset=prompt_completion_dataset(8))
+    with pytest.raises(FileNotFoundError, match="No checkpoint folder at"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-7"))
+
+
+def test_model_card_cites_the_paper_and_records_the_settings(tiny_model_dir, cpu_config):
+    args = cpu_config(
+        max_steps=1, save_strategy="steps", save_steps=1, pdl_alpha=0.5, pdl_mix=0.75, pdl_neutral_special_tokens=True
+    )
+    trainer = train(tiny_model_dir, args, prompt_completion_dataset(8))
+    card = (Path(args.output_dir) / "README.md").read_text()
+    assert "2505.16900" in card and "Power-Law Decay Loss" in card and "@misc{shao2025powerlawdecayloss" in card
+    assert "| `pdl_alpha` | 0.5 |" in card and "| `pdl_mix` | 0.75 |" in card
+    assert "'<|im_end|>'" in card
+    assert f"{trainer.pdl_counts.sum().item()} tokens" in card
