@@ -46,12 +46,13 @@ from transformers.utils import logging
 import pdl_trl
 from pdl_trl import PDLSFTConfig, PDLSFTTrainer
 from pdl_trl.atomic import write_text_atomically
-from pdl_trl.compare import markdown_table, plot
 from pdl_trl.evaluation import (
     DEFAULT_RARE_MASS,
     eval_result,
     evaluate_model,
     load_eval_rows,
+    markdown_table,
+    plot,
     write_generations,
     write_json,
 )

@@ -19,11 +19,12 @@ from tiny import make_rows
 
 from pdl_trl import PDLSFTTrainer, TokenCounts
 from pdl_trl.cli import main as cli_main
+from pdl_trl.data_loading import load_dataset_splits
 from pdl_trl.frequency import COUNTS_FILE_NAME
 from pdl_trl.scripts import count as count_script
 from pdl_trl.scripts import sft as sft_script
 from pdl_trl.scripts.inspect_counts import weight_report
-from pdl_trl.scripts.utils import config_launch_args, load_script_dataset, parse_script_args
+from pdl_trl.scripts.utils import config_launch_args, parse_script_args
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,6 +112,26 @@ def test_no_command_prints_help(capsys):
         assert command in out
 
 
+def test_every_script_is_a_command_run_alike(tmp_path, capsys):
+    """`cli.py` holds only the table: every module of `pdl_trl/scripts/` is a command, entered through `run(argv)`."""
+    import importlib
+
+    from pdl_trl.cli import COMMANDS
+
+    scripts = {f"pdl_trl.scripts.{p.stem}" for p in (REPO / "pdl_trl/scripts").glob("*.py")} - {
+        "pdl_trl.scripts.__init__",
+        "pdl_trl.scripts.utils",
+    }
+    assert sorted(module for module, _ in COMMANDS.values()) == sorted(scripts)
+    for module, _ in COMMANDS.values():
+        assert callable(importlib.import_module(module).run)
+    # The command's argv reaches its `run`, whose return value is the exit code
+    metrics = tmp_path / "a.json"
+    metrics.write_text(json.dumps({"format": "pdl-trl-eval", "version": 1, "metrics": {"distinct_1": 0.5}}))
+    assert cli_main(["compare", str(metrics), "--labels", "A"]) == 0
+    assert capsys.readouterr().out.splitlines()[:3] == ["| metric | A |", "|---|---:|", "| distinct_1 | 0.5000 |"]
+
+
 @pytest.mark.parametrize("path", sorted((REPO / "examples").glob("*.yaml")), ids=lambda p: p.name)
 def test_example_configs_parse(path):
     # --use_cpu: the examples set bf16, which TrainingArguments refuses on a machine without a GPU otherwise
@@ -172,22 +193,63 @@ def test_cli_overrides_config(sft_yaml):
 
 def test_local_dataset_files(tmp_path, data_dir):
     from datasets import Dataset
-    from trl import DatasetMixtureConfig, ScriptArguments
 
     rows = make_rows(6)
     Dataset.from_list(rows).to_parquet(tmp_path / "d.parquet")
     Dataset.from_list(rows).to_csv(tmp_path / "d.csv", index=False)
     Dataset.from_list(rows).save_to_disk(tmp_path / "saved")
     for name in ("d.parquet", "d.csv", "saved"):
-        dataset = load_script_dataset(ScriptArguments(dataset_name=str(tmp_path / name)), DatasetMixtureConfig())
+        dataset = load_dataset_splits(str(tmp_path / name))
         assert dataset["train"].column_names == ["prompt", "completion"] and len(dataset["train"]) == 6
-    streamed = load_script_dataset(
-        ScriptArguments(dataset_name=str(data_dir / "pc.jsonl"), dataset_streaming=True), DatasetMixtureConfig()
-    )
+    streamed = load_dataset_splits(str(data_dir / "pc.jsonl"), streaming=True)
     assert next(iter(streamed["train"])) == make_rows(1)[0]
     (tmp_path / "d.xml").write_text("<a/>")
     with pytest.raises(ValueError, match="Cannot tell the format"):
-        load_script_dataset(ScriptArguments(dataset_name=str(tmp_path / "d.xml")), DatasetMixtureConfig())
+        load_dataset_splits(str(tmp_path / "d.xml"))
+
+
+def test_split_selection_is_the_same_for_every_command(tmp_path, data_dir, sft_yaml, tiny_model_dir):
+    """A single file is one split, `train`; a named split must exist; `eval` defaults to the only split, else test."""
+    from datasets import Dataset, DatasetDict
+
+    from pdl_trl.evaluation import load_eval_rows, load_eval_split
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", make_rows(4))
+    write_jsonl(folder / "test.jsonl", make_rows(6)[4:])
+    Dataset.from_list(make_rows(3)).save_to_disk(tmp_path / "saved_dataset")
+    DatasetDict({"train": Dataset.from_list(make_rows(2)), "test": Dataset.from_list(make_rows(5)[2:])}).save_to_disk(
+        tmp_path / "saved_dict"
+    )
+    # source: (splits, the split eval takes by default, its rows)
+    expected = {
+        data_dir / "pc.jsonl": (["train"], "train", make_rows(32)),
+        folder: (["test", "train"], "test", make_rows(6)[4:]),
+        tmp_path / "saved_dataset": (["train"], "train", make_rows(3)),
+        tmp_path / "saved_dict": (["test", "train"], "test", make_rows(5)[2:]),
+    }
+    for source, (splits, default, rows) in expected.items():
+        dataset = load_dataset_splits(str(source))
+        assert sorted(dataset) == splits and load_eval_split(str(source))[0] == default
+        assert load_eval_rows(str(source)) == rows
+        assert load_eval_rows(str(source), "train", max_samples=2) == [dict(row) for row in dataset["train"]][:2]
+
+    # An explicitly named split that is not there: every command says which splits there are and which option to change
+    generate = ["eval", "--model_name_or_path", str(tiny_model_dir), "--dataset"]
+    with pytest.raises(ValueError, match=r"no split 'test'; it has only `train`: a single file.*`--split`"):
+        cli_main([*generate, str(data_dir / "pc.jsonl"), "--split", "test"])
+    with pytest.raises(ValueError, match=r"no split 'validation'; it has \['test', 'train'\].*`--split`"):
+        cli_main([*generate, str(tmp_path / "saved_dict"), "--split", "validation"])
+    with pytest.raises(ValueError, match=r"no split 'test'; it has only `train`.*`--dataset_test_split`"):
+        run_sft_in_process(["--config", str(sft_yaml()), "--eval_strategy", "steps", "--eval_steps", "1"])
+    with pytest.raises(ValueError, match=r"no split 'train_sft'; it has \['test', 'train'\].*`--dataset_train_split`"):
+        cli_main(
+            ["count", "--config", str(sft_yaml(str(folder))), "--dataset_train_split", "train_sft"]
+            + ["--output", str(tmp_path / "c.json")]
+        )
+    with pytest.raises(FileNotFoundError, match="No file"):
+        load_eval_rows(str(tmp_path / "missing.jsonl"))
 
 
 # ------------------------------------------------------------------------------------------------------------ sft

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from pdl_trl import TokenCounts, tokenizer_fingerprint
-from pdl_trl.compare import default_labels, markdown_table
-from pdl_trl.compare import main as compare_main
 from pdl_trl.evaluation import (
     chrf,
+    default_labels,
     distinct_n,
     generate_completions,
+    markdown_table,
     mean_length,
     mean_self_information,
     rare_count_threshold,
@@ -27,7 +27,8 @@ from pdl_trl.evaluation import (
     token_nll_sum,
     unigram_entropy,
 )
-from pdl_trl.evaluation import main as eval_main
+from pdl_trl.scripts.compare import main as compare_main
+from pdl_trl.scripts.eval import main as eval_main
 
 
 # Counts of an 8-entry vocabulary, N = 100 occurrences

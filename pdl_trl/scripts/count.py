@@ -29,8 +29,9 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor
 from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, TrlParser
 
 from pdl_trl import PDLSFTConfig, PDLSFTTrainer
+from pdl_trl.data_loading import get_split, load_dataset_splits
 from pdl_trl.frequency import count_completion_tokens
-from pdl_trl.scripts.utils import get_split, load_script_dataset, parse_script_args
+from pdl_trl.scripts.utils import parse_script_args
 
 
 logger = get_logger(__name__)
@@ -131,9 +132,13 @@ def main(script_args, training_args, model_args, dataset_args):
         )
         training_args.pdl_counts_path = None
 
-    dataset = get_split(
-        load_script_dataset(script_args, dataset_args), script_args.dataset_train_split, "dataset_train_split"
+    splits = load_dataset_splits(
+        script_args.dataset_name,
+        script_args.dataset_config,
+        streaming=script_args.dataset_streaming,
+        mixture=dataset_args,
     )
+    dataset = get_split(splits, script_args.dataset_train_split, "dataset_train_split")
     # Loaded as SFTTrainer loads it for a model given by name
     processing_class = AutoProcessor.from_pretrained(
         model_args.model_name_or_path,
@@ -170,6 +175,15 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
     else:
         parser = TrlParser(dataclass_types, prog=prog)
     return parser
+
+
+def run(argv: list[str]) -> int:
+    """
+    What `pdl-trl count ARGS` runs, in this process; under a launcher use `torchrun -m pdl_trl.scripts.count` (see
+    docs/distributed.md).
+    """
+    main(*parse_script_args(make_parser(prog="pdl-trl count"), argv))
+    return 0
 
 
 if __name__ == "__main__":

@@ -195,5 +195,11 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
+def run(argv: list[str]) -> int:
+    """What `pdl-trl inspect ARGS` runs."""
+    main(argv)
+    return 0
+
+
 if __name__ == "__main__":
     main()

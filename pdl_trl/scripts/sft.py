@@ -31,8 +31,8 @@ def main(script_args, training_args, model_args, dataset_args):
     from trl import get_peft_config, get_quantization_config
 
     from pdl_trl import PDLSFTTrainer
+    from pdl_trl.data_loading import get_split, load_dataset_splits
     from pdl_trl.frequency import COUNTS_FILE_NAME
-    from pdl_trl.scripts.utils import get_split, load_script_dataset
 
     model_init_kwargs = dict(
         revision=model_args.model_revision,
@@ -44,7 +44,12 @@ def main(script_args, training_args, model_args, dataset_args):
         model_init_kwargs.update(training_args.model_init_kwargs)
     training_args.model_init_kwargs = model_init_kwargs
 
-    dataset = load_script_dataset(script_args, dataset_args)
+    dataset = load_dataset_splits(
+        script_args.dataset_name,
+        script_args.dataset_config,
+        streaming=script_args.dataset_streaming,
+        mixture=dataset_args,
+    )
     eval_dataset = None
     if training_args.eval_strategy != "no":
         eval_dataset = get_split(dataset, script_args.dataset_test_split, "dataset_test_split")
@@ -87,6 +92,47 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
     else:
         parser = TrlParser(dataclass_types, prog=prog)
     return parser
+
+
+def _subtract_subsequence(items: list[str], subsequence: list[str]) -> list[str]:
+    """`items` without the ordered `subsequence` (the launcher's arguments, taken out of the script's)."""
+    remaining = iter(subsequence)
+    current = next(remaining, None)
+    result = []
+    for item in items:
+        if current is not None and item == current:
+            current = next(remaining, None)
+        else:
+            result.append(item)
+    return result
+
+
+def run(argv: list[str]) -> int:
+    """
+    What `pdl-trl sft ARGS` runs: parses the arguments (so `-h` and errors come before any launch), then runs this
+    module with `accelerate launch`, as `trl sft` launches `trl/scripts/sft.py`. Arguments that no dataclass takes
+    go to the launcher (`--num_processes 2`, `--config_file fsdp.yaml`, or `--accelerate_config NAME|PATH`: a config
+    shipped in `trl/accelerate_configs`, e.g. `multi_gpu`, `zero3`, `fsdp2`, or a file), as with `trl sft`.
+    """
+    from accelerate.commands.launch import launch_command, launch_command_parser
+    from trl.cli.accelerate_config import resolve_accelerate_config_argument
+
+    from pdl_trl.scripts.utils import config_launch_args, launch_option_names
+
+    parser = make_parser(prog="pdl-trl sft")
+    *_, config_remaining, cli_remaining = parser.parse_args_and_config(
+        argv, return_remaining_strings=True, separate_remaining_strings=True
+    )
+    launch_args = resolve_accelerate_config_argument(config_launch_args(config_remaining) + cli_remaining)
+    unknown = [arg for arg in launch_args if arg.startswith("--") and arg.split("=")[0] not in launch_option_names()]
+    if unknown:
+        raise ValueError(
+            f"Unknown arguments: {unknown}. They are neither `pdl-trl sft` arguments nor `accelerate launch` options: "
+            "check their spelling."
+        )
+    script_args = _subtract_subsequence(argv, cli_remaining)
+    launch_command(launch_command_parser().parse_args(launch_args + ["--module", "pdl_trl.scripts.sft", *script_args]))
+    return 0
 
 
 if __name__ == "__main__":

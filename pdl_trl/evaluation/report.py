@@ -1,23 +1,15 @@
-"""`pdl-trl compare`: metrics files of `pdl-trl eval` side by side, as a markdown table and a grouped bar chart."""
+"""
+The report step of evaluation: the metrics of several runs side by side, as a markdown table and a bar chart with
+one subplot per metric (what `pdl-trl compare` prints and draws).
+"""
 
-import argparse
-import json
 import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from pdl_trl.atomic import write_atomically, write_text_atomically
-from pdl_trl.evaluation import EVAL_FORMAT, METRIC_NAMES
-
-
-def load_metrics(path: str | os.PathLike) -> dict[str, float]:
-    """The `metrics` of a `pdl-trl eval` file; an undefined metric (null) becomes `nan`."""
-    with open(path) as f:
-        content = json.load(f)
-    if content.get("format") != EVAL_FORMAT:
-        raise ValueError(f"{path} is not a `pdl-trl eval` metrics file: write one with `pdl-trl eval --output`.")
-    return {k: math.nan if v is None else float(v) for k, v in content["metrics"].items()}
+from pdl_trl.atomic import write_atomically
+from pdl_trl.evaluation.metrics import METRIC_NAMES
 
 
 def default_labels(paths: Sequence[str | os.PathLike]) -> list[str]:
@@ -86,36 +78,3 @@ def plot(labels: Sequence[str], runs: Sequence[dict[str, float]], path: str | os
     fig.tight_layout()
     write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
-
-
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pdl-trl compare",
-        description="Put `pdl-trl eval` metrics files side by side: a markdown table (printed) and a bar chart.",
-    )
-    parser.add_argument("metrics", nargs="+", help="Metrics JSON files written by `pdl-trl eval --output`.")
-    parser.add_argument("--labels", nargs="+", help="Column names, one per file (default: file names).")
-    parser.add_argument("--output", help="Write the markdown table here too.")
-    parser.add_argument("--plot", help="Write a PNG bar chart, one subplot per metric.")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> str:
-    args = make_parser().parse_args(argv)
-    if args.labels is not None and len(args.labels) != len(args.metrics):
-        raise SystemExit(
-            f"{len(args.metrics)} metrics files but {len(args.labels)} --labels: give one label per file."
-        )
-    labels = args.labels or default_labels(args.metrics)
-    runs = [load_metrics(path) for path in args.metrics]
-    table = markdown_table(labels, runs)
-    print(table, end="")
-    if args.output is not None:
-        write_text_atomically(args.output, table)
-    if args.plot is not None:
-        plot(labels, runs, args.plot)
-    return table
-
-
-if __name__ == "__main__":
-    main()

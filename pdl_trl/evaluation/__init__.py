@@ -1,0 +1,98 @@
+"""
+Evaluation of what a fine-tuned model generates, one module per step of `pdl-trl eval` and `pdl-trl compare`:
+
+- `heldout`: a held-out prompt-completion set → rows;
+- `generation`: model (+ adapter) → completions for the prompts, and the reference NLL;
+- `tokens`: prompts, completions and texts → token ids, as TRL's SFTTrainer builds them (for generation and
+  scoring);
+- `scoring`: generations (+ references, counts) → metrics, computed by the pure functions of `metrics`;
+- `files`: generations jsonl and metrics JSON, written and read back;
+- `report`: the metrics of several runs → a markdown table and a bar chart.
+
+The commands on top are `pdl_trl/scripts/eval.py` and `pdl_trl/scripts/compare.py`. Every public name is
+re-exported here, so `from pdl_trl.evaluation import distinct_n` works as it always did.
+"""
+
+from pdl_trl.evaluation.files import (
+    EVAL_FORMAT,
+    EVAL_VERSION,
+    eval_result,
+    json_text,
+    load_metrics,
+    read_generations,
+    write_generations,
+    write_json,
+)
+from pdl_trl.evaluation.generation import (
+    DTYPES,
+    generate_completions,
+    load_model,
+    reference_nll,
+    token_nll_sum,
+)
+from pdl_trl.evaluation.heldout import eval_rows, load_eval_rows, load_eval_split
+from pdl_trl.evaluation.metrics import (
+    DEFAULT_RARE_MASS,
+    METRIC_NAMES,
+    chrf,
+    distinct_n,
+    mean_length,
+    mean_self_information,
+    ordered_metrics,
+    rare_count_threshold,
+    rare_token_mask,
+    rare_token_rate,
+    rare_token_recall,
+    rouge_l,
+    self_information_table,
+    unigram_entropy,
+)
+from pdl_trl.evaluation.report import default_labels, markdown_table, metric_names, plot
+from pdl_trl.evaluation.scoring import evaluate_model, load_counts, score, score_generation_rows
+from pdl_trl.evaluation.tokens import completion_text, prompt_token_ids, reference_token_ids, text_token_ids
+
+
+__all__ = [
+    "DEFAULT_RARE_MASS",
+    "DTYPES",
+    "EVAL_FORMAT",
+    "EVAL_VERSION",
+    "METRIC_NAMES",
+    "chrf",
+    "completion_text",
+    "default_labels",
+    "distinct_n",
+    "eval_result",
+    "eval_rows",
+    "evaluate_model",
+    "generate_completions",
+    "json_text",
+    "load_counts",
+    "load_eval_rows",
+    "load_eval_split",
+    "load_metrics",
+    "load_model",
+    "markdown_table",
+    "mean_length",
+    "mean_self_information",
+    "metric_names",
+    "ordered_metrics",
+    "plot",
+    "prompt_token_ids",
+    "rare_count_threshold",
+    "rare_token_mask",
+    "rare_token_rate",
+    "rare_token_recall",
+    "read_generations",
+    "reference_nll",
+    "reference_token_ids",
+    "rouge_l",
+    "score",
+    "score_generation_rows",
+    "self_information_table",
+    "text_token_ids",
+    "token_nll_sum",
+    "unigram_entropy",
+    "write_generations",
+    "write_json",
+]

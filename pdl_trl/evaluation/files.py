@@ -1,0 +1,78 @@
+"""
+The file step of evaluation: the formats `pdl-trl eval` writes and `pdl-trl eval --generations` / `pdl-trl compare`
+read back — generations jsonl (`prompt`, `generation`, optional `reference`) and metrics JSON (format
+`pdl-trl-eval`, described in `docs/evaluation.md`). Every file is written atomically.
+"""
+
+import json
+import math
+import os
+from collections.abc import Sequence
+
+from pdl_trl.atomic import write_text_atomically
+from pdl_trl.evaluation.metrics import ordered_metrics
+
+
+EVAL_FORMAT = "pdl-trl-eval"
+EVAL_VERSION = 1
+
+
+def _json_value(value):
+    # JSON has no NaN: an undefined metric is written as null
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_value(v) for k, v in value.items()}
+    return value
+
+
+def json_text(content: dict) -> str:
+    """`content` as indented JSON, NaN as null."""
+    return json.dumps(_json_value(content), indent=2, ensure_ascii=False)
+
+
+def write_json(path: str | os.PathLike, content: dict) -> None:
+    """Writes JSON atomically (temp file + `os.replace`), NaN as null."""
+    write_text_atomically(path, json_text(content))
+
+
+def write_generations(path: str | os.PathLike, rows: Sequence[dict]) -> None:
+    """Writes a generations jsonl (`prompt`, `generation`, optional `reference`) atomically."""
+    write_text_atomically(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def read_generations(path: str | os.PathLike) -> list[dict]:
+    """Reads a generations jsonl: every row has `generation`, and either every row or none has `reference`."""
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    if not rows:
+        raise ValueError(f"{path} has no rows.")
+    for i, row in enumerate(rows):
+        if not isinstance(row.get("generation"), str):
+            raise ValueError(f"Row {i} of {path} has no string `generation`: each row needs one.")
+    with_reference = sum("reference" in row for row in rows)
+    if with_reference not in (0, len(rows)):
+        raise ValueError(
+            f"{with_reference} of {len(rows)} rows of {path} have a `reference`: give every row one, or none."
+        )
+    return rows
+
+
+def eval_result(metrics: dict[str, float], details: dict, settings: dict) -> dict:
+    """Content of a metrics file, as `pdl-trl compare` reads it."""
+    return {
+        "format": EVAL_FORMAT,
+        "version": EVAL_VERSION,
+        "metrics": ordered_metrics(metrics),
+        "details": details,
+        "settings": settings,
+    }
+
+
+def load_metrics(path: str | os.PathLike) -> dict[str, float]:
+    """The `metrics` of a `pdl-trl eval` file; an undefined metric (null) becomes `nan`."""
+    with open(path) as f:
+        content = json.load(f)
+    if content.get("format") != EVAL_FORMAT:
+        raise ValueError(f"{path} is not a `pdl-trl eval` metrics file: write one with `pdl-trl eval --output`.")
+    return {k: math.nan if v is None else float(v) for k, v in content["metrics"].items()}
