@@ -26,6 +26,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from transformers.utils import logging
 
 from pdl_trl import PDLSFTConfig, PDLSFTTrainer
+from pdl_trl.atomic import creation_mode
 from pdl_trl.data import load_demo_dataset
 
 
@@ -82,6 +83,8 @@ def convert_gguf(gguf_path: Path, model_dir: Path) -> None:
 
     model_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=model_dir.parent, prefix=f".{model_dir.name}."))
+    # mkdtemp makes the folder private (0700); the cache folder is a plain folder, readable as the umask allows
+    os.chmod(staging, creation_mode(directory=True))
     try:
         tokenizer.save_pretrained(staging)
         model.save_pretrained(staging)

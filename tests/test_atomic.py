@@ -1,4 +1,5 @@
 import os
+import stat
 
 import pytest
 
@@ -25,3 +26,25 @@ def test_failure_halfway_keeps_the_old_file_and_removes_the_temporary(tmp_path):
         write_atomically(path, half_then_fail)
     assert path.read_text() == "old"
     assert os.listdir(tmp_path) == ["out.txt"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_new_files_follow_the_umask_like_a_plain_write(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        write_text_atomically(tmp_path / "atomic.json", "{}")
+        (tmp_path / "plain.json").write_text("{}")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(os.stat(tmp_path / "atomic.json").st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE(os.stat(tmp_path / "atomic.json").st_mode) == stat.S_IMODE(
+        os.stat(tmp_path / "plain.json").st_mode
+    )
+
+
+def test_replacing_a_file_keeps_its_permissions(tmp_path):
+    path = tmp_path / "counts.json"
+    write_text_atomically(path, "old")
+    os.chmod(path, 0o640)
+    write_text_atomically(path, "new")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o640 and path.read_text() == "new"
