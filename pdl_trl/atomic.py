@@ -15,6 +15,18 @@ def creation_mode(directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~umask
 
 
+def check_writable(path: str | os.PathLike, option: str) -> None:
+    """Raises, naming `option`, when `path` cannot be written as a file: checked before the work that produces it."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"`{option}` {path} is a folder: give the path of the file to write, e.g. {path / 'x.json'}.")
+    ancestor = path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"`{option}` {path} cannot be written: {ancestor} is not a writable folder.")
+
+
 def write_atomically(path: str | os.PathLike, save: Callable[[Path], None]) -> None:
     """
     Calls `save(temporary_path)` beside `path`, flushes it to disk and renames it over `path`.

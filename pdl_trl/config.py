@@ -78,6 +78,13 @@ class PDLSFTConfig(SFTConfig):
     )
 
     def __post_init__(self):
+        for name, value in {
+            "pdl_alpha": self.pdl_alpha,
+            "pdl_epsilon": self.pdl_epsilon,
+            "pdl_mix": self.pdl_mix,
+        }.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"`{name}` must be a number, got {value!r} ({type(value).__name__}).")
         if not (math.isfinite(self.pdl_alpha) and self.pdl_alpha >= 0):
             raise ValueError(f"`pdl_alpha` must be a finite number >= 0, got {self.pdl_alpha}. Use 0.0 for plain SFT.")
         if not (math.isfinite(self.pdl_epsilon) and self.pdl_epsilon > 0):
@@ -87,6 +94,11 @@ class PDLSFTConfig(SFTConfig):
             )
         if not (math.isfinite(self.pdl_mix) and 0 <= self.pdl_mix <= 1):
             raise ValueError(f"`pdl_mix` must be in [0, 1] (1.0 is PDL, 0.0 plain SFT), got {self.pdl_mix}.")
+        if isinstance(self.pdl_neutral_tokens, str | int):
+            raise ValueError(
+                f"`pdl_neutral_tokens` is a list of tokens, got {self.pdl_neutral_tokens!r}: write "
+                f"`[{self.pdl_neutral_tokens!r}]`."
+            )
         for token in self.pdl_neutral_tokens or []:
             if isinstance(token, bool) or not isinstance(token, str | int):
                 raise ValueError(

@@ -282,6 +282,16 @@ class PDLSFTTrainer(SFTTrainer):
                 stacklevel=3,
             )
         seen = self.pdl_counts > 0
+        varied = weights[seen & ~neutral]
+        if self.args.pdl_alpha > 0 and self.args.pdl_mix > 0 and len(varied) and varied.max() < 1.01 * varied.min():
+            warnings.warn(
+                f"The PDL weights of the counted tokens differ by less than 1% (pdl_alpha={self.args.pdl_alpha}, "
+                f"pdl_epsilon={self.args.pdl_epsilon}, counts from {token_counts.source}): PDL trains like plain "
+                "SFT. A `pdl_epsilon` much larger than the counts flattens the weights; lower it, or set "
+                "`pdl_alpha=0` if plain SFT is intended.",
+                UserWarning,
+                stacklevel=3,
+            )
         logger.info(
             f"PDL table from {token_counts.source}: {token_counts.num_tokens} tokens, {int(seen.sum())} of "
             f"{len(seen)} types seen; alpha={self.args.pdl_alpha}, epsilon={self.args.pdl_epsilon}, "

@@ -29,6 +29,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor
 from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, TrlParser
 
 from pdl_trl import PDLSFTConfig, PDLSFTTrainer
+from pdl_trl.atomic import check_writable
 from pdl_trl.data_loading import get_split, load_dataset_splits
 from pdl_trl.frequency import count_completion_tokens
 from pdl_trl.scripts.utils import parse_script_args
@@ -53,6 +54,8 @@ class PDLCountConfig(PDLSFTConfig):
     def __post_init__(self):
         if self.output is None:
             raise ValueError("`pdl-trl count` needs `--output PATH`: where to write the counts file.")
+        # Before the dataset is prepared and counted, which can take long
+        check_writable(self.output, "--output")
         self.output_dir = str(Path(self.output).absolute().parent)
         self.use_cpu = True
         self.fp16 = False
