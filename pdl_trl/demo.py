@@ -113,11 +113,15 @@ def greedy_answer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, qu
 
 def print_weight_summary(trainer: PDLSFTTrainer, tokenizer: PreTrainedTokenizerBase) -> None:
     counts, weights = trainer.pdl_counts, trainer.pdl_weights.cpu()
+    neutral = trainer.pdl_neutral_mask.cpu()
     seen = torch.nonzero(counts > 0).squeeze(1)
-    order = seen[torch.argsort(weights[seen], stable=True)]
+    varied = seen[~neutral[seen]]
+    order = varied[torch.argsort(weights[varied], stable=True)]
+    args = trainer.args
     print(
         f"PDL counted {int(counts.sum()):,} completion tokens of {len(seen):,} types (of {len(counts):,}); "
-        f"alpha={trainer.args.pdl_alpha}, epsilon={trainer.args.pdl_epsilon}. Weight (count) of a target token:"
+        f"alpha={args.pdl_alpha}, epsilon={args.pdl_epsilon}, mix={args.pdl_mix}. Weight relative to the mean "
+        "(count) of a target token:"
     )
 
     def describe(ids: torch.Tensor) -> str:
@@ -125,9 +129,13 @@ def print_weight_summary(trainer: PDLSFTTrainer, tokenizer: PreTrainedTokenizerB
             f"{tokenizer.decode([i])!r} {weights[i].item():.3g} ({counts[i].item()})" for i in ids.tolist()
         )
 
-    top_ties = int((weights[seen] == weights[order[-1]]).sum())
+    top_ties = int((weights[varied] == weights[order[-1]]).sum())
     print(f"  5 lowest:  {describe(order[:5])}")
     print(f"  5 highest: {describe(order[-5:].flip(0))} (the top weight is shared by {top_ties:,} types)")
+    counted_neutral = seen[neutral[seen]]
+    if len(counted_neutral):
+        share = (counts[counted_neutral] * weights[counted_neutral]).sum() / (counts * weights).sum()
+        print(f"  neutral:   {describe(counted_neutral)}: {share.item():.2%} of the training set's weight, as in SFT")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -138,6 +146,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     # 0.25, not the library default 1.0: at 1.0 the model stopped ending its answers (docs/results.md)
     parser.add_argument("--alpha", type=float, default=0.25, help="PDL decay exponent; 0 is plain SFT (default 0.25)")
+    parser.add_argument(
+        "--neutral-special-tokens",
+        action="store_true",
+        help="weigh special tokens (end-of-turn) at the mean weight, as in plain SFT (pdl_neutral_special_tokens)",
+    )
+    parser.add_argument("--mix", type=float, default=1.0, help="mix toward plain SFT, 1 = PDL (pdl_mix; default 1)")
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps, batch size 4 (default 30)")
     parser.add_argument(
         "--threads",
@@ -196,6 +210,8 @@ def main(argv: list[str] | None = None) -> None:
     config = PDLSFTConfig(
         output_dir=str(args.output_dir),
         pdl_alpha=args.alpha,
+        pdl_neutral_special_tokens=args.neutral_special_tokens,
+        pdl_mix=args.mix,
         max_steps=args.steps,
         per_device_train_batch_size=4,
         learning_rate=5e-4,

@@ -372,6 +372,28 @@ def test_inspect_prints_shares_and_writes_png(sft_yaml, tmp_path, capsys):
     assert data.startswith(PNG_SIGNATURE) and len(data) > 1000
 
 
+def test_weight_report_neutral_tokens_keep_their_plain_sft_share():
+    counts = np.array([0, 50, 30, 10, 5, 3, 1, 1], dtype=np.int64)
+    report = weight_report(counts, alpha=1.0, epsilon=1.0, batch_tokens=4096, neutral_ids=[1], mix=0.5)
+    (row,) = report["neutral"]
+    assert row["id"] == 1 and row["weight"] == 1.0
+    assert row["weight_share"] == pytest.approx(row["token_share"]) == pytest.approx(50 / counts.sum())
+    assert report["neutral_weight_share"] == pytest.approx(50 / counts.sum())
+    assert report["weights"].min() >= 0.5 - 1e-6  # the mix keeps every weight above 1 - mix
+
+
+def test_inspect_shows_the_neutral_tokens(sft_yaml, tmp_path, capsys):
+    counts_path = tmp_path / "c.json"
+    cli_main(["count", "--config", str(sft_yaml()), "--output", str(counts_path)])
+    capsys.readouterr()
+    assert cli_main(["inspect", str(counts_path), "--neutral_special_tokens", "--neutral_tokens", " The"]) == 0
+    out = capsys.readouterr().out
+    assert "neutral tokens weigh the mean (1); the 2 counted carry" in out
+    assert "'<|im_end|>'" in out and "in plain SFT)" in out
+    least = out.split("least weighted (most frequent)")[1]
+    assert "'<|im_end|>'" not in least and "' The'" not in least
+
+
 def test_inspect_refuses_another_tokenizer(tmp_path, tiny_model_dir):
     other = TokenCounts(np.arange(424, dtype=np.int64), "other-org/other-tokenizer", "sha256:0", source="test")
     other.save(tmp_path / "other.json")

@@ -3,11 +3,14 @@
 
 ```bash
 pdl-trl inspect counts.json --alpha 0.5 --epsilon 1.0 --output weights.png
+pdl-trl inspect counts.json --alpha 1.0 --neutral_special_tokens --mix 0.5
 ```
 
-Prints the share of the total weight (`sum count * w`) carried by the rarest 1% and 10% of the seen token types,
-the Kish effective sample size of a batch of tokens drawn from the counts, and the most and least weighted tokens
-(decoded when the tokenizer can be loaded); `--output` also draws weight against frequency rank (log-log).
+Prints the share of the total weight (`sum count * w`) carried by the rarest 1% and 10% of the seen token types and
+by the neutral tokens (against their share in plain SFT), the Kish effective sample size of a batch of tokens drawn
+from the counts, and the most and least weighted tokens (decoded when the tokenizer can be loaded); `--output` also
+draws weight against frequency rank (log-log). Weights are relative to the mean weight of a target token, as the
+trainer's table.
 """
 
 import argparse
@@ -18,24 +21,37 @@ import numpy as np
 import torch
 
 from pdl_trl.atomic import write_atomically
-from pdl_trl.frequency import TokenCounts, tokenizer_fingerprint
+from pdl_trl.frequency import TokenCounts, neutral_token_ids, tokenizer_fingerprint
 from pdl_trl.loss import power_law_weights
 
 
 RAREST_FRACTIONS = (0.01, 0.1)
 
 
-def weight_report(counts: np.ndarray, alpha: float, epsilon: float, batch_tokens: int) -> dict:
+def weight_report(
+    counts: np.ndarray,
+    alpha: float,
+    epsilon: float,
+    batch_tokens: int,
+    neutral_ids: list[int] | None = None,
+    mix: float = 1.0,
+) -> dict:
     """
-    Summary of the PDL weights of `counts` (one entry per vocabulary row).
+    Summary of the PDL weights of `counts` (one entry per vocabulary row), with `neutral_ids` weighing the mean and
+    the `mix` toward plain SFT, as `PDLSFTTrainer` builds its table.
 
     - `rarest`: for each fraction `f` of [`RAREST_FRACTIONS`], the `ceil(f * seen)` seen types with the smallest
       counts: their share of the token occurrences and of the total weight `sum(count * w)`.
     - `ess`: expected Kish effective sample size `(sum w)^2 / sum w^2` of a batch of `batch_tokens` tokens drawn
       from the counts distribution, as the ratio of expectations `1 + (n - 1) E[w]^2 / E[w^2]`; `ess_share` is it
       over `n`. For large batches this is the `pdl_ess` metric the trainer logs.
+    - `neutral`: for each neutral id, its count, weight, and share of the tokens (= its share of the weight in plain
+      SFT) and of the total weight; `neutral_weight_share`: all of them together, the table's `pdl_neutral_share`.
     """
-    weights = power_law_weights(torch.from_numpy(counts), alpha, epsilon).double().numpy()
+    neutral = np.zeros(len(counts), dtype=bool)
+    neutral[neutral_ids or []] = True
+    weights = power_law_weights(torch.from_numpy(counts), alpha, epsilon, neutral=torch.from_numpy(neutral), mix=mix)
+    weights = weights.double().numpy()
     seen = np.flatnonzero(counts > 0)
     if len(seen) == 0:
         raise ValueError("The counts file counts no token: count a non-empty corpus.")
@@ -58,9 +74,22 @@ def weight_report(counts: np.ndarray, alpha: float, epsilon: float, batch_tokens
     mean_w = (p * weights[order]).sum()
     mean_w2 = (p * weights[order] ** 2).sum()
     ess = 1 + (batch_tokens - 1) * mean_w**2 / mean_w2
+    total_tokens, total_weight = counts.sum(), (counts * weights).sum()
+    neutral_rows = [
+        {
+            "id": int(i),
+            "count": int(counts[i]),
+            "weight": float(weights[i]),
+            "token_share": counts[i] / total_tokens,
+            "weight_share": counts[i] * weights[i] / total_weight,
+        }
+        for i in np.flatnonzero(neutral)
+    ]
     return {
         "weights": weights,
         "order": order,
+        "neutral": neutral_rows,
+        "neutral_weight_share": sum(row["weight_share"] for row in neutral_rows),
         "rarest": rarest,
         "ess": ess,
         "ess_share": ess / batch_tokens,
@@ -83,16 +112,17 @@ def plot_weights(counts: np.ndarray, weights: np.ndarray, alpha: float, epsilon:
     order = seen[np.lexsort((seen, -counts[seen]))]  # most frequent first
     ranks = np.arange(1, len(order) + 1)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.loglog(ranks, weights[order], label=f"w = 1 / (count + {epsilon:g})^{alpha:g}")
-    ax.loglog(
-        ranks, counts[order].astype(np.float64) ** -alpha, linestyle="--", color="gray", label="1 / count^α (no ε)"
-    )
+    ax.loglog(ranks, weights[order], label=f"w ∝ 1 / (count + {epsilon:g})^{alpha:g}")
+    # The formula without epsilon, on the table's scale (relative to the mean) at the rarest token
+    no_epsilon = counts[order].astype(np.float64) ** -alpha
+    scale = weights[order[-1]] / no_epsilon[-1]
+    ax.loglog(ranks, no_epsilon * scale, linestyle="--", color="gray", label="∝ 1 / count^α (no ε)")
     # Where counts fall to epsilon, smoothing flattens the weights: mark the first rank there
     flat = np.flatnonzero(counts[order] <= epsilon)
     if len(flat):
         ax.axvline(ranks[flat[0]], color="tab:red", linestyle=":", label=f"count ≤ ε = {epsilon:g}")
     ax.set_xlabel("frequency rank of the token type (1 = most frequent)")
-    ax.set_ylabel("PDL weight")
+    ax.set_ylabel("PDL weight (1 = mean weight of a target)")
     ax.set_title(f"PDL weights, α = {alpha:g}, ε = {epsilon:g} ({len(order)} seen types)")
     ax.legend()
     fig.tight_layout()
@@ -141,6 +171,15 @@ def make_parser(prog: str | None = None) -> argparse.ArgumentParser:
         default=None,
         help="Tokenizer to decode the tokens with. Default: the file's `tokenizer` field, when it can be loaded.",
     )
+    parser.add_argument(
+        "--neutral_special_tokens",
+        action="store_true",
+        help="Weigh the tokenizer's special tokens at the mean (`pdl_neutral_special_tokens`).",
+    )
+    parser.add_argument(
+        "--neutral_tokens", nargs="+", default=None, help="More tokens weighed at the mean (`pdl_neutral_tokens`)."
+    )
+    parser.add_argument("--mix", type=float, default=1.0, help="Mix toward plain SFT (`pdl_mix`). Default: 1.0.")
     parser.add_argument("--output", default=None, help="Write a PNG of weight against frequency rank here.")
     parser.add_argument(
         "--batch_tokens", type=int, default=4096, help="Batch size, in tokens, of the effective-sample-size figure."
@@ -155,15 +194,21 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError(f"`--alpha` must be a finite number >= 0, got {args.alpha}.")
     if not (math.isfinite(args.epsilon) and args.epsilon > 0):
         raise ValueError(f"`--epsilon` must be a finite number > 0, got {args.epsilon}.")
+    if not (math.isfinite(args.mix) and 0 <= args.mix <= 1):
+        raise ValueError(f"`--mix` must be in [0, 1] (1.0 is PDL, 0.0 plain SFT), got {args.mix}.")
     if args.batch_tokens < 1:
         raise ValueError(f"`--batch_tokens` must be at least 1, got {args.batch_tokens}.")
 
     token_counts = TokenCounts.load(args.counts)
     counts = token_counts.counts
-    report = weight_report(counts, args.alpha, args.epsilon, args.batch_tokens)
-    weights, order = report["weights"], report["order"]
     tokenizer_name = args.tokenizer or token_counts.tokenizer
-    tokenizer = _load_tokenizer(tokenizer_name, token_counts, explicit=args.tokenizer is not None)
+    wants_neutral = args.neutral_special_tokens or args.neutral_tokens
+    tokenizer = _load_tokenizer(tokenizer_name, token_counts, explicit=args.tokenizer is not None or wants_neutral)
+    neutral_ids = []
+    if wants_neutral:
+        neutral_ids = neutral_token_ids(tokenizer, args.neutral_special_tokens, args.neutral_tokens, len(counts))
+    report = weight_report(counts, args.alpha, args.epsilon, args.batch_tokens, neutral_ids, args.mix)
+    weights, order = report["weights"], report["order"]
 
     print(f"{args.counts}: {token_counts.source}")
     print(
@@ -172,8 +217,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     seen_weights = weights[order]
     print(
-        f"alpha={args.alpha:g} epsilon={args.epsilon:g}: weights {seen_weights.min():.4g} .. {seen_weights.max():.4g} "
-        f"(max / min {seen_weights.max() / seen_weights.min():.4g}); unseen types weigh {seen_weights.max():.4g}"
+        f"alpha={args.alpha:g} epsilon={args.epsilon:g} mix={args.mix:g}: weights {seen_weights.min():.4g} .. "
+        f"{seen_weights.max():.4g} of the mean (max / min {seen_weights.max() / seen_weights.min():.4g}); unseen "
+        f"types weigh {seen_weights.max():.4g}"
     )
     for rarest in report["rarest"]:
         print(
@@ -184,6 +230,20 @@ def main(argv: list[str] | None = None) -> dict:
         f"Kish effective sample size of a {args.batch_tokens}-token batch: {report['ess']:.1f} tokens "
         f"({report['ess_share']:.2%})"
     )
+    counted_neutral = [row for row in report["neutral"] if row["count"]]
+    if report["neutral"]:
+        print(
+            f"{len(report['neutral'])} neutral tokens weigh the mean (1); the {len(counted_neutral)} counted carry "
+            f"{report['neutral_weight_share']:.2%} of the total weight:"
+        )
+        for row in counted_neutral:
+            token = repr(tokenizer.decode([row["id"]]))
+            print(
+                f"  {row['id']:>8d} {token:<24} count {row['count']:>10d}  {row['weight_share']:.2%} of the weight "
+                f"({row['token_share']:.2%} in plain SFT)"
+            )
+    # The lists run by count; neutral tokens are listed above
+    order = order[~np.isin(order, [row["id"] for row in report["neutral"]])]
     k = min(args.top_k, len(order))
     print(f"most weighted (rarest) {k} tokens:")
     print("\n".join(_token_lines(order[:k], counts, weights, tokenizer)))
