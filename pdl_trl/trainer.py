@@ -377,9 +377,22 @@ class PDLSFTTrainer(SFTTrainer):
         finally:
             self._pdl_metric_prefix = "eval"
 
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        # The fused LM head builds no logits: every prediction step is loss-only (`predict()` returns no predictions)
+        return super().prediction_step(model, inputs, True, ignore_keys)
+
     def predict(self, test_dataset, ignore_keys=None, metric_key_prefix: str = "test"):
-        """Predicts as SFTTrainer does, and returns the metrics of these batches instead of leaving them to the next
+        """Predicts as SFTTrainer does, but loss-only: `predictions` and `label_ids` are None, since the fused LM head
+        builds no logits. The metrics of these batches come back in the output instead of being left to the next
         `evaluate()`."""
+        if not self.args.prediction_loss_only:
+            warnings.warn(
+                "PDLSFTTrainer.predict() returns the loss and metrics only (`predictions=None`): the fused LM head "
+                "builds no logits. Generate with `model.generate` or `pdl-trl eval` for outputs; set "
+                "`prediction_loss_only=True` to silence this.",
+                UserWarning,
+                stacklevel=2,
+            )
         output = super().predict(test_dataset, ignore_keys, metric_key_prefix)
         metrics = self._metrics["eval"]
         output.metrics.update({f"{metric_key_prefix}_{key}": sum(v) / len(v) for key, v in metrics.items() if v})
