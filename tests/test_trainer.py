@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from datasets import Dataset
 from tiny import (
     conversational_dataset,
     count_targets_by_hand,
@@ -781,3 +782,27 @@ def test_model_card_cites_the_paper_and_records_the_settings(tiny_model_dir, cpu
     assert "| `pdl_alpha` | 0.5 |" in card and "| `pdl_mix` | 0.75 |" in card
     assert "'<|im_end|>'" in card
     assert f"{trainer.pdl_counts.sum().item()} tokens" in card
+
+
+def test_each_eval_dataset_gets_its_own_pdl_metrics_and_predict_leaves_none_behind(tiny_model_dir, cpu_config):
+    short = Dataset.from_list([{"prompt": "What is 3 plus 4?", "completion": " 7."}] * 4)
+    trainer = PDLSFTTrainer(
+        str(tiny_model_dir),
+        args=cpu_config(pdl_alpha=1.0, per_device_eval_batch_size=4),
+        train_dataset=prompt_completion_dataset(16),
+        eval_dataset={"long": prompt_completion_dataset(4, seed=1), "short": short},
+    )
+    metrics = trainer.evaluate()
+    assert math.isfinite(metrics["eval_long_nll"]) and math.isfinite(metrics["eval_short_nll"])
+    assert metrics["eval_long_nll"] != metrics["eval_short_nll"]
+    prepared_short = trainer.eval_dataset["short"]
+    alone = trainer.evaluate(eval_dataset=prepared_short, metric_key_prefix="eval_short")
+    assert alone["eval_short_nll"] == pytest.approx(metrics["eval_short_nll"], rel=1e-6)
+
+    with pytest.warns(UserWarning, match="returns the loss and metrics only"):
+        prediction = trainer.predict(prepared_short)
+    assert prediction.predictions is None
+    assert prediction.metrics["test_nll"] == pytest.approx(metrics["eval_short_nll"], rel=1e-6)
+    # Nothing of predict() is left over to be averaged into the next evaluation
+    after = trainer.evaluate(eval_dataset=trainer.eval_dataset["long"])
+    assert after["eval_nll"] == pytest.approx(metrics["eval_long_nll"], rel=1e-6)
