@@ -232,8 +232,10 @@ class PDLSFTTrainer(SFTTrainer):
     @property
     def _output_rows(self) -> int:
         weight = self.model.get_output_embeddings().weight
-        # ZeRO-3 partitions parameters at load time: the local tensor is empty and `ds_shape` holds the full shape
-        return weight.ds_shape[0] if is_deepspeed_zero3_enabled() else weight.shape[0]
+        # A parameter ZeRO-3 has partitioned is an empty local tensor with the full shape in `ds_shape` (read as PEFT
+        # does). Not every one is: transformers skips partitioning at load (zero.Init) for quantized models
+        partitioned = is_deepspeed_zero3_enabled() and hasattr(weight, "ds_shape")
+        return weight.ds_shape[0] if partitioned else weight.shape[0]
 
     def _count_train_dataset(self) -> np.ndarray:
         """Counts the prepared training set, each process one shard, summed so every process holds the same table."""
