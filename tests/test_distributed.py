@@ -38,6 +38,7 @@ LAUNCH_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "PYTHONPATH": str(REPO),
+    "CUDA_VISIBLE_DEVICES": "",  # CPU and gloo on a machine with GPUs too: DeepSpeed would take them
 }
 
 # Three steps of 4 rows in random order, a checkpoint after step 2. LoRA without dropout in fp32 on CPU repeats
