@@ -2,8 +2,8 @@
 DeepSpeed ZeRO-3 and two nodes on the loopback address give the one-process PDL table, losses and LoRA update, and a
 run killed right after a checkpoint resumes to the same losses, adapter and counts file.
 
-Each launch costs 20-60 s of imports on a busy 2-core machine, so one launch serves several checks: the FSDP2 run is
-also the two-process kill-and-resume run.
+A launch spends most of its time importing, so one launch serves several checks: the FSDP2 run is also the
+two-process kill-and-resume run, and the one-process references are run once, in this process.
 """
 
 import json
@@ -43,7 +43,7 @@ LAUNCH_ENV = {
 
 # Three steps of 4 rows in random order, a checkpoint after step 2. LoRA without dropout in fp32 on CPU repeats
 # exactly; SGD keeps the update linear in the gradient, so summing it in another order across processes moves the
-# adapter by ~1e-8 (Adam's normalisation would magnify that to ~1e-6).
+# adapter by ~1e-8 (Adam's normalisation magnified that to a few 1e-6).
 TRAINING = {
     "use_cpu": True,
     "bf16": False,
