@@ -6,6 +6,7 @@ A launch spends most of its time importing, so one launch serves several checks:
 two-process kill-and-resume run, and the one-process references are run once, in this process.
 """
 
+import importlib.util
 import json
 import os
 import signal
@@ -304,11 +305,11 @@ def assert_sharded_by_fsdp2(ranks: list[dict], output_rows: int) -> None:
         assert seen["local_shape"][0] == output_rows // 2 and seen["output_rows"] == output_rows
 
 
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="needs deepspeed (in the test extra)")
 @pytest.mark.parametrize("quantized", [False, True], ids=["lora", "qlora"])
 def test_zero3_two_processes_train_as_one(
     quantized, sft_config, one_process, one_process_qlora, output_rows, tmp_path
 ):
-    pytest.importorskip("deepspeed")
     output_dir = tmp_path / "run"
     sft_args = [
         *("--config", str(sft_config), "--output_dir", str(output_dir), "--save_strategy", "no"),
