@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate.utils import DistributedType
 from datasets import Dataset
 from peft import PeftModel
 from transformers import TrainingArguments
@@ -152,6 +153,19 @@ class PDLSFTTrainer(SFTTrainer):
 
         super().__init__(model, args, **kwargs)
 
+        for variable, engine in (
+            ("ACCELERATE_USE_FSDP", DistributedType.FSDP),
+            ("ACCELERATE_USE_DEEPSPEED", DistributedType.DEEPSPEED),
+        ):
+            # accelerate 1.15 turns FSDP and DeepSpeed into DDP on CPU processes without a word
+            if os.environ.get(variable, "").lower() == "true" and self.accelerator.distributed_type != engine:
+                warnings.warn(
+                    f"The launcher asked for {engine.value} ({variable}=true), but accelerate set up "
+                    f"{self.accelerator.distributed_type.value}: this run is not sharded as configured. On CPU "
+                    "accelerate does this for FSDP and for DeepSpeed with `use_cpu=True`; see docs/distributed.md.",
+                    UserWarning,
+                    stacklevel=2,
+                )
         if self.get_cp_size() > 1 or self.get_sp_size() > 1:
             raise ValueError(
                 "PDL does not support context or sequence parallelism: they split sequences after the step's weight "

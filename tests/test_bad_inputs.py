@@ -311,3 +311,10 @@ def test_count_output_that_cannot_be_written_is_refused_before_counting(tmp_path
     # Neither the model nor the data exist: the output is checked first, while parsing
     with pytest.raises(ValueError, match="`--output`"):
         parse_script_args(make_parser(), count_argv(tmp_path / "no-model", tmp_path / "no-data.jsonl", target))
+
+
+def test_an_engine_accelerate_drops_on_cpu_is_warned_about(tiny_model_dir, cpu_config, monkeypatch):
+    # What `accelerate launch --config_file fsdp2.yaml` sets; on CPU accelerate trains without FSDP instead
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.warns(UserWarning, match="asked for FSDP .* not sharded as configured"):
+        make_trainer(tiny_model_dir, cpu_config)

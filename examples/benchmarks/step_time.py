@@ -420,6 +420,15 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    # With --json, stdout holds the JSON alone: libraries may print there (DeepSpeed does when accelerate imports it)
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        report = _measure(args)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    return report
+
+
+def _measure(args) -> dict:
     cuda = torch.cuda.is_available()
     if args.qlora is None:
         args.qlora = cuda
@@ -541,9 +550,7 @@ def main(argv=None) -> dict:
         ]
     report["fits"] = all(v["fits"] for v in variants.values())
 
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
+    if not args.json:
         print(f"{report['device_name']} | {args.shape} | {report['tokens_per_step']} tokens/step | qlora={args.qlora}")
         print(f"{'variant':<12} {'median s':>10} {'min s':>10} {'peak GiB':>10} {'final loss':>11}")
         for name, v in variants.items():
