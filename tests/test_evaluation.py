@@ -9,6 +9,7 @@ import torch
 
 from pdl_trl import TokenCounts, tokenizer_fingerprint
 from pdl_trl.evaluation import (
+    Generation,
     chrf,
     default_labels,
     distinct_n,
@@ -16,13 +17,16 @@ from pdl_trl.evaluation import (
     markdown_table,
     mean_length,
     mean_self_information,
+    mean_token_nll,
     rare_count_threshold,
     rare_token_mask,
     rare_token_rate,
     rare_token_recall,
     reference_nll,
+    reference_nll_sums,
     rouge_l,
     self_information_table,
+    termination_rate,
     text_token_ids,
     token_nll_sum,
     unigram_entropy,
@@ -111,6 +115,18 @@ def test_rare_token_recall():
         rare_token_recall([[3]], references, mask)
 
 
+def test_termination_rate():
+    assert termination_rate([True, False, True, True]) == 3 / 4
+    assert termination_rate([False]) == 0.0
+    assert math.isnan(termination_rate([]))
+
+
+def test_mean_token_nll_is_token_weighted():
+    # (2 + 9) nats over (1 + 3) tokens, not the mean of the per-example means (2 and 3)
+    assert mean_token_nll([(2.0, 1), (9.0, 3)]) == 11 / 4
+    assert math.isnan(mean_token_nll([(0.0, 0)]))
+
+
 def test_mean_length():
     assert mean_length([[1, 2], [3], []]) == 1.0
     assert math.isnan(mean_length([]))
@@ -130,6 +146,11 @@ def test_chrf():
     assert chrf(["ab", "xy"], ["ac", "xy"]) == pytest.approx(62.5, abs=1e-9)
     assert chrf(["same text"], ["same text"]) == pytest.approx(100.0)
     assert chrf(["xyz"], ["abc"]) == 0.0
+    # Summed per-sentence statistics are sacrebleu's corpus chrF, not a mean of sentence scores
+    import sacrebleu
+
+    generations, references = ["the cat sat", "ab", "a dog"], ["a cat sat down", "ac", "the dog ran"]
+    assert chrf(generations, references) == sacrebleu.corpus_chrf(generations, [references]).score
 
 
 def test_token_nll_sum():
@@ -186,8 +207,10 @@ def test_eval_scores_generations_file(tiny_model_dir, tiny_tokenizer, tiny_count
     assert content["details"]["rare_count_threshold"] == 1
     assert content["details"]["num_examples"] == 2
     metrics = content["metrics"]
-    # No model given: no reference NLL; the rest in the documented order
+    # No model given: no reference NLL; the rest in the documented order. The rows say nothing of termination:
+    # n/a (null), not a guess from the text
     assert list(metrics) == [
+        "termination_rate",
         "mean_generation_length",
         "distinct_1",
         "distinct_2",
@@ -198,6 +221,7 @@ def test_eval_scores_generations_file(tiny_model_dir, tiny_tokenizer, tiny_count
         "rouge_l",
         "chrf",
     ]
+    assert metrics["termination_rate"] is None
     # Generations: [The cat is red and small .] (7) and [The cat is blue .] (5)
     assert metrics["mean_generation_length"] == 6.0
     assert metrics["distinct_1"] == 8 / 12
@@ -252,10 +276,15 @@ def test_eval_generates_and_rescoring_matches(tiny_model_dir, tiny_counts, tmp_p
     written = [json.loads(line) for line in generations_path.read_text().splitlines()]
     assert [row["prompt"] for row in written] == [row["prompt"] for row in rows]
     assert [row["reference"] for row in written] == [row["completion"] for row in rows]
-    assert all(isinstance(row["generation"], str) for row in written)
+    assert all(isinstance(row["generation"], str) and isinstance(row["terminated"], bool) for row in written)
     metrics = result["metrics"]
     assert 0 < metrics["mean_generation_length"] <= 6
+    assert metrics["termination_rate"] == sum(row["terminated"] for row in written) / 2
     assert math.isfinite(metrics["reference_nll"]) and metrics["reference_nll"] > 0
+    # The rows carry each reference's NLL sum and token count: the metric is their pooled ratio
+    assert metrics["reference_nll"] == pytest.approx(
+        sum(row["reference_nll_sum"] for row in written) / sum(row["reference_num_tokens"] for row in written)
+    )
 
     # Scoring the written generations with the same model reproduces every metric
     rescored = eval_main(common + ["--generations", str(generations_path)])
@@ -271,6 +300,74 @@ def test_generation_left_padding_matches_unbatched(tiny_model_dir):
     batched = generate_completions(model, tokenizer, prompts, max_new_tokens=5, batch_size=2, show_progress=False)
     single = generate_completions(model, tokenizer, prompts, max_new_tokens=5, batch_size=1, show_progress=False)
     assert batched == single
+
+
+def test_generation_reports_termination(tiny_model_dir):
+    """The tiny random model repeats a prompt's last token. Declared an EOS token, `.` ends the prompts that end with
+    `.` at once (terminated, empty text); the `?` prompts run into the limit. Mixed in one batch, where the ended rows
+    are padded while the others go on."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    prompts = ["Describe the cat.", "What is 5 plus 7?", "Describe the owl.", "What is 12 plus 30?"]
+    assert generate_completions(model, tokenizer, prompts, max_new_tokens=3, batch_size=4, show_progress=False) == [
+        Generation("...", terminated=False),
+        Generation("???", terminated=False),
+        Generation("...", terminated=False),
+        Generation("???", terminated=False),
+    ]
+    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids(".")
+    generations = generate_completions(model, tokenizer, prompts, max_new_tokens=3, batch_size=4, show_progress=False)
+    assert generations == [
+        Generation("", terminated=True),
+        Generation("???", terminated=False),
+        Generation("", terminated=True),
+        Generation("???", terminated=False),
+    ]
+    assert termination_rate([g.terminated for g in generations]) == 1 / 2
+    # An EOS as the only allowed token still ends the generation before the limit
+    assert generate_completions(model, tokenizer, prompts[:1], max_new_tokens=1, show_progress=False) == [
+        Generation("", terminated=True)
+    ]
+
+
+def test_merged_adapter_generates_the_same(tiny_model_dir):
+    """Merging a float32 LoRA adapter into the weights (as the sweep does before generating) leaves the greedy
+    generations, their termination and the reference NLL unchanged; a bf16 model is not merged."""
+    import copy
+
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pdl_trl.evaluation import merge_lora_for_inference
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM")
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32), lora)
+    prompts = [
+        "Describe the cat.",
+        "What is 5 plus 7?",
+        [{"role": "user", "content": "Describe the dog."}],
+        [{"role": "user", "content": "What is 1 plus 2?"}],
+    ]
+    references = [" The cat is red.", " The sum is 12.", [{"role": "assistant", "content": " The dog is teal."}]]
+    references.append([{"role": "assistant", "content": " The sum is 3."}])
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    merged = merge_lora_for_inference(copy.deepcopy(model))
+    assert not isinstance(merged, PeftModel)
+    for m in (model, merged):
+        m.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(" is")]
+    kwargs = {"max_new_tokens": 6, "batch_size": 2, "show_progress": False}
+    adapter_generations = generate_completions(model, tokenizer, prompts, **kwargs)
+    assert adapter_generations == generate_completions(merged, tokenizer, prompts, **kwargs)
+    assert len({g.text for g in adapter_generations}) > 1  # the adapter changes what the base model would repeat
+    assert reference_nll(merged, tokenizer, prompts, references, show_progress=False) == pytest.approx(
+        reference_nll(model, tokenizer, prompts, references, show_progress=False), rel=1e-5
+    )
+    half = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16), lora)
+    assert merge_lora_for_inference(half) is half
 
 
 def test_reference_nll_equals_trainer_nll(tiny_model_dir, cpu_config):
@@ -293,6 +390,14 @@ def test_reference_nll_equals_trainer_nll(tiny_model_dir, cpu_config):
     trainer_nll = trainer.evaluate()["eval_nll"]
     ours = reference_nll(model, tokenizer, data["prompt"], data["completion"], batch_size=3, show_progress=False)
     assert ours == pytest.approx(trainer_nll, rel=1e-5)
+    # Per example, independent of the batching
+    sums = reference_nll_sums(model, tokenizer, data["prompt"], data["completion"], batch_size=3, show_progress=False)
+    one_by_one = reference_nll_sums(
+        model, tokenizer, data["prompt"], data["completion"], batch_size=1, show_progress=False
+    )
+    assert [n for _, n in sums] == [n for _, n in one_by_one]
+    assert [nll for nll, _ in sums] == pytest.approx([nll for nll, _ in one_by_one], rel=1e-5)
+    assert mean_token_nll(sums) == pytest.approx(ours, rel=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """
 The file step of evaluation: the formats `pdl-trl eval` writes and `pdl-trl eval --generations` / `pdl-trl compare`
-read back — generations jsonl (`prompt`, `generation`, optional `reference`) and metrics JSON (format
-`pdl-trl-eval`, described in `docs/evaluation.md`). Every file is written atomically.
+read back — generations jsonl (`prompt`, `generation`, `terminated`, optional `reference`, ...) and metrics JSON
+(format `pdl-trl-eval`, described in `docs/evaluation.md`). Every file is written atomically.
 """
 
 import json
@@ -37,12 +37,15 @@ def write_json(path: str | os.PathLike, content: dict) -> None:
 
 
 def write_generations(path: str | os.PathLike, rows: Sequence[dict]) -> None:
-    """Writes a generations jsonl (`prompt`, `generation`, optional `reference`) atomically."""
+    """Writes a generations jsonl (rows as [`~pdl_trl.evaluation.evaluate_model`] returns them) atomically."""
     write_text_atomically(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def read_generations(path: str | os.PathLike) -> list[dict]:
-    """Reads a generations jsonl: every row has `generation`, and either every row or none has `reference`."""
+    """
+    Reads a generations jsonl: every row has `generation`, and either every row or none has `reference`, and
+    `terminated` (true or false).
+    """
     with open(path) as f:
         rows = [json.loads(line) for line in f if line.strip()]
     if not rows:
@@ -50,11 +53,13 @@ def read_generations(path: str | os.PathLike) -> list[dict]:
     for i, row in enumerate(rows):
         if not isinstance(row.get("generation"), str):
             raise ValueError(f"Row {i} of {path} has no string `generation`: each row needs one.")
-    with_reference = sum("reference" in row for row in rows)
-    if with_reference not in (0, len(rows)):
-        raise ValueError(
-            f"{with_reference} of {len(rows)} rows of {path} have a `reference`: give every row one, or none."
-        )
+    for key in ("reference", "terminated"):
+        present = sum(key in row for row in rows)
+        if present not in (0, len(rows)):
+            raise ValueError(f"{present} of {len(rows)} rows of {path} have a `{key}`: give every row one, or none.")
+    for i, row in enumerate(rows):
+        if "terminated" in row and not isinstance(row["terminated"], bool):
+            raise ValueError(f"Row {i} of {path} has `terminated` {row['terminated']!r}: it must be true or false.")
     return rows
 
 

@@ -3,12 +3,13 @@ The model step of evaluation: loading a model (and adapter), generating completi
 NLL of completions given their prompts. The only module of `pdl_trl.evaluation` that runs a model.
 """
 
-import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
+from pdl_trl.evaluation.metrics import mean_token_nll
 from pdl_trl.evaluation.tokens import prompt_token_ids, reference_token_ids
 
 
@@ -27,6 +28,20 @@ def load_model(model_name_or_path: str, adapter: str | None, device: str, dtype:
     return model.to(device).eval()
 
 
+def merge_lora_for_inference(model):
+    """
+    `model` with its LoRA adapter merged into the base weights (PEFT's `merge_and_unload`, in place) when the base is
+    float32: one matmul per layer instead of three, for the same greedy generations (tested). A quantized or
+    half-precision base is returned as it is, because merging there rounds the weights. The merged model is no longer
+    a PEFT model: save the adapter before.
+    """
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel) and all(p.dtype == torch.float32 for p in model.parameters()):
+        return model.merge_and_unload()
+    return model
+
+
 def _progress(iterable, total: int, desc: str):
     from tqdm.auto import tqdm
 
@@ -43,6 +58,19 @@ def _eos_token_ids(model, tokenizer) -> list[int]:
     return eos
 
 
+class Generation(NamedTuple):
+    """
+    A completion as [`generate_completions`] returns it.
+
+    Attributes:
+        text (`str`): decoded without special tokens, up to the EOS token.
+        terminated (`bool`): whether the model ended it with an EOS token before the token limit.
+    """
+
+    text: str
+    terminated: bool
+
+
 def generate_completions(
     model,
     tokenizer,
@@ -55,9 +83,10 @@ def generate_completions(
     batch_size: int = 8,
     seed: int = 0,
     show_progress: bool = True,
-) -> list[str]:
+) -> list[Generation]:
     """
-    Completions for `prompts`, in order: left-padded batches, stopped at EOS, decoded without special tokens.
+    Completions for `prompts`, in order: left-padded batches, stopped at EOS, decoded without special tokens, each
+    with whether it ended with an EOS token within `max_new_tokens` (`terminated`) or ran into the limit.
 
     Greedy by default. Prompts are batched longest first to waste little padding; with sampling, the seed is set once
     before the first batch, so results depend on `seed`, `batch_size` and the prompt set together.
@@ -76,7 +105,7 @@ def generate_completions(
     if not do_sample:
         # Unset the checkpoint's sampling defaults so that greedy decoding does not warn about ignored values
         sampling.update(temperature=None, top_p=None, top_k=None)
-    outputs: dict[int, str] = {}
+    outputs: dict[int, Generation] = {}
     was_training = model.training
     model.eval()
     try:
@@ -99,14 +128,16 @@ def generate_completions(
                 )
             for row, i in enumerate(batch):
                 new = generated[row, width:].tolist()
-                end = next((k for k, t in enumerate(new) if t in eos_ids), len(new))
-                outputs[i] = tokenizer.decode(new[:end], skip_special_tokens=True)
+                # `generate` pads a row that ended before the others; its first EOS is where it ended
+                end = next((k for k, t in enumerate(new) if t in eos_ids), None)
+                text = tokenizer.decode(new[:end], skip_special_tokens=True)
+                outputs[i] = Generation(text, terminated=end is not None)
     finally:
         model.train(was_training)
     return [outputs[i] for i in range(len(encoded))]
 
 
-def reference_nll(
+def reference_nll_sums(
     model,
     tokenizer,
     prompts: Sequence[str | list[dict]],
@@ -114,18 +145,17 @@ def reference_nll(
     *,
     batch_size: int = 8,
     show_progress: bool = True,
-) -> float:
+) -> list[tuple[float, int]]:
     """
-    Mean NLL in nats per reference completion token given its prompt, pooled over all examples (token-weighted).
-    Tokens are those the training loss scores ([`reference_token_ids`]), EOS and template tokens included, so for
-    unpacked, untruncated data it equals SFT's logged `nll` on the same examples.
+    `(NLL sum in nats, number of tokens)` of each reference completion given its prompt, in order. Tokens are those
+    the training loss scores ([`reference_token_ids`]), EOS and template tokens included.
     """
     examples = [reference_token_ids(tokenizer, p, c) for p, c in zip(prompts, completions, strict=True)]
     batches = [examples[i : i + batch_size] for i in range(0, len(examples), batch_size)]
     device = model.get_input_embeddings().weight.device
     # Right padding is masked and never a label, so its id is irrelevant
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    nll_sum, num_tokens = 0.0, 0
+    sums = []
     was_training = model.training
     model.eval()
     try:
@@ -141,12 +171,30 @@ def reference_nll(
                 labels[row, start : len(ids)] = torch.tensor(ids[start:])
             with torch.no_grad():
                 logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
-            batch_sum, batch_tokens = token_nll_sum(logits[:, :-1], labels[:, 1:].to(logits.device))
-            nll_sum += batch_sum
-            num_tokens += batch_tokens
+            labels = labels.to(logits.device)
+            sums += [token_nll_sum(logits[row : row + 1, :-1], labels[row : row + 1, 1:]) for row in range(len(batch))]
     finally:
         model.train(was_training)
-    return nll_sum / num_tokens if num_tokens else math.nan
+    return sums
+
+
+def reference_nll(
+    model,
+    tokenizer,
+    prompts: Sequence[str | list[dict]],
+    completions: Sequence[str | list[dict]],
+    *,
+    batch_size: int = 8,
+    show_progress: bool = True,
+) -> float:
+    """
+    Mean NLL in nats per reference completion token given its prompt, pooled over all examples (token-weighted), from
+    [`reference_nll_sums`]. For unpacked, untruncated data it equals SFT's logged `nll` on the same examples.
+    """
+    sums = reference_nll_sums(
+        model, tokenizer, prompts, completions, batch_size=batch_size, show_progress=show_progress
+    )
+    return mean_token_nll(sums)
 
 
 def token_nll_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:

@@ -17,6 +17,7 @@ DEFAULT_RARE_MASS = 0.1
 
 # Order of the metrics in metrics files, tables and plots
 METRIC_NAMES = (
+    "termination_rate",
     "mean_generation_length",
     "distinct_1",
     "distinct_2",
@@ -166,32 +167,80 @@ def rare_token_recall(
     return hits / total if total else math.nan
 
 
+def termination_rate(terminated: Sequence[bool]) -> float:
+    """
+    Share of generations that ended with an EOS token before the token limit (`terminated` holds one flag per
+    generation, as [`~pdl_trl.evaluation.generate_completions`] reports them).
+
+    Returns:
+        `float` in [0, 1]; `nan` for no generations.
+    """
+    return sum(map(bool, terminated)) / len(terminated) if len(terminated) else math.nan
+
+
 def mean_length(sequences: Sequence[Sequence[int]]) -> float:
     """Mean number of tokens per sequence; `nan` for no sequences."""
     return sum(len(ids) for ids in sequences) / len(sequences) if sequences else math.nan
 
 
-def rouge_l(generations: Sequence[str], references: Sequence[str]) -> float:
+def rouge_l_scores(generations: Sequence[str], references: Sequence[str]) -> np.ndarray:
     """
-    Mean over examples of the ROUGE-L F-measure (`rouge-score` package, `rougeL`, no stemming; its default tokenizer
-    lower-cases and keeps only `[a-z0-9]+` words). In [0, 1].
+    ROUGE-L F-measure of each generation against its reference (`rouge-score` package, `rougeL`, no stemming; its
+    default tokenizer lower-cases and keeps only `[a-z0-9]+` words). Each in [0, 1].
     """
     from rouge_score import rouge_scorer
 
     if len(generations) != len(references) or not generations:
         raise ValueError(f"ROUGE-L needs one reference per generation, got {len(generations)} and {len(references)}.")
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-    scores = [scorer.score(ref, gen)["rougeL"].fmeasure for gen, ref in zip(generations, references, strict=True)]
-    return float(np.mean(scores))
+    return np.array(
+        [scorer.score(ref, gen)["rougeL"].fmeasure for gen, ref in zip(generations, references, strict=True)]
+    )
+
+
+def rouge_l(generations: Sequence[str], references: Sequence[str]) -> float:
+    """Mean over examples of [`rouge_l_scores`], in [0, 1]."""
+    return float(np.mean(rouge_l_scores(generations, references)))
+
+
+def _chrf_metric():
+    from sacrebleu.metrics import CHRF
+
+    # sacrebleu's defaults, those of `sacrebleu.corpus_chrf`
+    return CHRF()
+
+
+def chrf_statistics(generations: Sequence[str], references: Sequence[str]) -> np.ndarray:
+    """
+    Per-example chrF statistics of sacrebleu (character n-gram counts of generation, reference and matches, per
+    order), of shape `(examples, statistics)`: summed over any set of examples they give that set's corpus chrF
+    ([`chrf_from_statistics`]), as sacrebleu computes it.
+    """
+    if len(generations) != len(references) or not generations:
+        raise ValueError(f"chrF needs one reference per generation, got {len(generations)} and {len(references)}.")
+    return np.array(_chrf_metric()._extract_corpus_statistics(list(generations), [list(references)]), dtype=np.int64)
+
+
+def chrf_from_statistics(statistics: np.ndarray) -> float:
+    """Corpus chrF, in [0, 100], from [`chrf_statistics`] summed over the examples (integer-valued)."""
+    return float(_chrf_metric()._compute_score_from_stats([int(round(value)) for value in statistics]).score)
 
 
 def chrf(generations: Sequence[str], references: Sequence[str]) -> float:
     """Corpus chrF (sacrebleu defaults: character 1..6-grams, beta 2, whitespace removed), in [0, 100]."""
-    import sacrebleu
+    return chrf_from_statistics(chrf_statistics(generations, references).sum(axis=0))
 
-    if len(generations) != len(references) or not generations:
-        raise ValueError(f"chrF needs one reference per generation, got {len(generations)} and {len(references)}.")
-    return float(sacrebleu.corpus_chrf(list(generations), [list(references)]).score)
+
+def mean_token_nll(sums: Sequence[tuple[float, int]]) -> float:
+    """
+    Token-weighted mean NLL pooled over examples, `sum(nll) / sum(tokens)`, from each example's `(NLL sum, number of
+    tokens)` ([`~pdl_trl.evaluation.reference_nll_sums`]).
+
+    Returns:
+        `float`; `nan` when there are no tokens.
+    """
+    total = sum(n for _, n in sums)
+    return sum(nll for nll, _ in sums) / total if total else math.nan
 
 
 def ordered_metrics(metrics: dict[str, float]) -> dict[str, float]:

@@ -3,23 +3,26 @@ The scoring step of evaluation: generations (and their references, a counts file
 metrics. [`evaluate_model`] generates first; [`score_generation_rows`] scores the rows of a generations file.
 """
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 
-from pdl_trl.evaluation.generation import generate_completions, reference_nll
+from pdl_trl.evaluation.generation import generate_completions, reference_nll_sums
 from pdl_trl.evaluation.metrics import (
     DEFAULT_RARE_MASS,
     chrf,
     distinct_n,
     mean_length,
     mean_self_information,
+    mean_token_nll,
     ordered_metrics,
     rare_count_threshold,
     rare_token_mask,
     rare_token_rate,
     rare_token_recall,
     rouge_l,
+    termination_rate,
     unigram_entropy,
 )
 from pdl_trl.evaluation.tokens import completion_text, text_token_ids
@@ -48,9 +51,12 @@ def score(
     references: Sequence[str] | None = None,
     counts: np.ndarray | None = None,
     rare_mass: float = DEFAULT_RARE_MASS,
+    terminated: Sequence[bool] | None = None,
 ) -> tuple[dict[str, float], dict]:
     """
     Text metrics of `generations` (and, with `references`, overlap metrics; with `counts`, frequency metrics).
+    `termination_rate` is computed from `terminated` (one flag per generation), and is `nan` without it: whether a
+    text ended at EOS or at the token limit cannot be told from the text.
 
     Returns:
         `(metrics, details)`: metrics keyed as in `METRIC_NAMES` (those that apply), and details of how the
@@ -58,6 +64,7 @@ def score(
     """
     gen_ids = text_token_ids(tokenizer, generations)
     metrics = {
+        "termination_rate": math.nan if terminated is None else termination_rate(terminated),
         "mean_generation_length": mean_length(gen_ids),
         "distinct_1": distinct_n(gen_ids, 1),
         "distinct_2": distinct_n(gen_ids, 2),
@@ -81,6 +88,23 @@ def score(
     return metrics, details
 
 
+def _reference_nll_sums(model, tokenizer, rows: Sequence[dict], batch_size: int, show_progress: bool):
+    without_prompt = [i for i, row in enumerate(rows) if row.get("prompt") is None]
+    if without_prompt:
+        raise ValueError(
+            f"Reference NLL needs the prompt of every row; row {without_prompt[0]} has none ({len(without_prompt)} "
+            "rows in all): add `prompt`, or pass --no_reference_nll."
+        )
+    return reference_nll_sums(
+        model,
+        tokenizer,
+        [row["prompt"] for row in rows],
+        [row["reference"] for row in rows],
+        batch_size=batch_size,
+        show_progress=show_progress,
+    )
+
+
 def score_generation_rows(
     rows: Sequence[dict],
     tokenizer,
@@ -93,34 +117,25 @@ def score_generation_rows(
     show_progress: bool = True,
 ) -> tuple[dict[str, float], dict]:
     """
-    Metrics of generations rows `{"prompt", "generation", "reference"}` (those of a generations file; `reference`
-    in every row or in none).
+    Metrics of generations rows `{"prompt", "generation", "terminated", "reference"}` (those of a generations file;
+    `terminated` and `reference` each in every row or in none).
 
     Returns:
         `(metrics, details)`: as [`score`], plus `reference_nll` when a `model` is given, the rows have references
         and `with_reference_nll` is set; in the order of `METRIC_NAMES`.
     """
-    has_references = "reference" in rows[0]
-    with_reference_nll = with_reference_nll and model is not None and has_references
-    without_prompt = [i for i, row in enumerate(rows) if row.get("prompt") is None]
-    if with_reference_nll and without_prompt:
-        raise ValueError(
-            f"Reference NLL needs the prompt of every row; row {without_prompt[0]} has none ({len(without_prompt)} "
-            "rows in all): add `prompt`, or pass --no_reference_nll."
-        )
-    references = [completion_text(row["reference"]) for row in rows] if has_references else None
+    references = [completion_text(row["reference"]) for row in rows] if "reference" in rows[0] else None
     metrics, details = score(
-        [row["generation"] for row in rows], tokenizer, references=references, counts=counts, rare_mass=rare_mass
+        [row["generation"] for row in rows],
+        tokenizer,
+        references=references,
+        counts=counts,
+        rare_mass=rare_mass,
+        terminated=[row["terminated"] for row in rows] if "terminated" in rows[0] else None,
     )
-    if with_reference_nll:
-        metrics["reference_nll"] = reference_nll(
-            model,
-            tokenizer,
-            [row["prompt"] for row in rows],
-            [row["reference"] for row in rows],
-            batch_size=batch_size,
-            show_progress=show_progress,
-        )
+    if with_reference_nll and model is not None and references is not None:
+        sums = _reference_nll_sums(model, tokenizer, rows, batch_size, show_progress)
+        metrics["reference_nll"] = mean_token_nll(sums)
     return ordered_metrics(metrics), details
 
 
@@ -145,7 +160,9 @@ def evaluate_model(
 
     Returns:
         `(metrics, details, generation_rows)`: as [`score_generation_rows`], and rows `{"prompt", "generation",
-        "reference"}` for a generations file.
+        "terminated", "reference", "reference_nll_sum", "reference_num_tokens"}` for a generations file (the last
+        three with references; the NLL sum in nats over the reference's scored tokens, so that any subset's
+        `reference_nll` can be computed from the rows).
     """
     prompts = [row["prompt"] for row in rows]
     has_references = "completion" in rows[0]
@@ -163,18 +180,17 @@ def evaluate_model(
         seed=seed,
         show_progress=show_progress,
     )
-    generation_rows = [{"prompt": p, "generation": g} for p, g in zip(prompts, generations, strict=True)]
+    generation_rows = [
+        {"prompt": p, "generation": g.text, "terminated": g.terminated}
+        for p, g in zip(prompts, generations, strict=True)
+    ]
     if has_references:
         for out, row in zip(generation_rows, rows, strict=True):
             out["reference"] = row["completion"]
-    metrics, details = score_generation_rows(
-        generation_rows,
-        tokenizer,
-        model=model,
-        counts=counts,
-        rare_mass=rare_mass,
-        with_reference_nll=with_reference_nll,
-        batch_size=batch_size,
-        show_progress=show_progress,
-    )
-    return metrics, details, generation_rows
+    metrics, details = score_generation_rows(generation_rows, tokenizer, counts=counts, rare_mass=rare_mass)
+    if with_reference_nll and has_references:
+        sums = _reference_nll_sums(model, tokenizer, generation_rows, batch_size, show_progress)
+        for out, (nll_sum, num_tokens) in zip(generation_rows, sums, strict=True):
+            out["reference_nll_sum"], out["reference_num_tokens"] = nll_sum, num_tokens
+        metrics["reference_nll"] = mean_token_nll(sums)
+    return ordered_metrics(metrics), details, generation_rows

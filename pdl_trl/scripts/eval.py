@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from pdl_trl.evaluation.files import eval_result, json_text, read_generations, write_generations, write_json
-from pdl_trl.evaluation.generation import DTYPES, load_model
+from pdl_trl.evaluation.generation import DTYPES, load_model, merge_lora_for_inference
 from pdl_trl.evaluation.heldout import eval_rows, load_eval_split
 from pdl_trl.evaluation.metrics import DEFAULT_RARE_MASS
 from pdl_trl.evaluation.scoring import evaluate_model, load_counts, score_generation_rows
@@ -104,7 +104,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     dtype = DTYPES[args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")]
     model = None
     if args.model_name_or_path is not None:
-        model = load_model(args.model_name_or_path, args.adapter, device, dtype)
+        # Merged into float32 weights, the adapter generates the same, faster
+        model = merge_lora_for_inference(load_model(args.model_name_or_path, args.adapter, device, dtype))
     counts = None
     if args.counts is not None:
         vocab_rows = model.get_output_embeddings().weight.shape[0] if model is not None else None
