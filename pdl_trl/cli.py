@@ -1,5 +1,5 @@
 """
-The `pdl-trl` command line: `sft`, `count`, `inspect`, `eval` and `compare`.
+The `pdl-trl` command line: `sft`, `count`, `inspect`, `eval`, `compare` and `sweep`.
 
 Thin over TRL's own tools, like `trl/cli`: each command is a module of `pdl_trl/scripts/` whose `run(argv)` parses
 the command's arguments and runs it (`sft` and `count` parse with `TrlParser`, so they take every `trl sft` argument
@@ -27,6 +27,10 @@ COMMANDS = {
     ),
     "eval": ("pdl_trl.scripts.eval", "Evaluate a trained model (see `pdl-trl eval --help`)."),
     "compare": ("pdl_trl.scripts.compare", "Compare runs (see `pdl-trl compare --help`)."),
+    "sweep": (
+        "pdl_trl.scripts.sweep",
+        "Train variants x seeds, evaluate them, and report differences from plain SFT with bootstrap intervals.",
+    ),
 }
 
 

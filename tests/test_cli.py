@@ -96,7 +96,7 @@ def run_sft_in_process(argv: list[str]) -> None:
 # ---------------------------------------------------------------------------------------------------- help, parsing
 
 
-@pytest.mark.parametrize("command", [[], ["sft"], ["count"], ["inspect"], ["eval"], ["compare"]])
+@pytest.mark.parametrize("command", [[], ["sft"], ["count"], ["inspect"], ["eval"], ["compare"], ["sweep"]])
 def test_help_exits_zero(command, capsys):
     # Help strings go through %-formatting: a stray `%` in any dataclass help would raise here
     with pytest.raises(SystemExit) as exit_info:
@@ -108,7 +108,7 @@ def test_help_exits_zero(command, capsys):
 def test_no_command_prints_help(capsys):
     assert cli_main([]) == 0
     out = capsys.readouterr().out
-    for command in ("sft", "count", "inspect", "eval", "compare"):
+    for command in ("sft", "count", "inspect", "eval", "compare", "sweep"):
         assert command in out
 
 

@@ -27,12 +27,16 @@ torchrun --nproc_per_node 2 -m pdl_trl.scripts.sft --config examples/lora_bf16.y
 import argparse
 
 
-def main(script_args, training_args, model_args, dataset_args):
+def make_trainer(script_args, training_args, model_args, dataset_args):
+    """
+    The [`PDLSFTTrainer`] that `pdl-trl sft` trains: the model (quantized, with the PEFT adapter) created from
+    `model_args` by name, and the dataset loaded as `trl sft` loads it. Sets `training_args.model_init_kwargs` from
+    `model_args`, as `trl/scripts/sft.py` does.
+    """
     from trl import get_peft_config, get_quantization_config
 
     from pdl_trl import PDLSFTTrainer
     from pdl_trl.data_loading import get_split, load_dataset_splits
-    from pdl_trl.frequency import COUNTS_FILE_NAME
 
     model_init_kwargs = dict(
         revision=model_args.model_revision,
@@ -54,7 +58,7 @@ def main(script_args, training_args, model_args, dataset_args):
     if training_args.eval_strategy != "no":
         eval_dataset = get_split(dataset, script_args.dataset_test_split, "dataset_test_split")
 
-    trainer = PDLSFTTrainer(
+    return PDLSFTTrainer(
         model=model_args.model_name_or_path,
         args=training_args,
         train_dataset=get_split(dataset, script_args.dataset_train_split, "dataset_train_split"),
@@ -62,6 +66,12 @@ def main(script_args, training_args, model_args, dataset_args):
         quantization_config=get_quantization_config(model_args),
         peft_config=get_peft_config(model_args),
     )
+
+
+def main(script_args, training_args, model_args, dataset_args):
+    from pdl_trl.frequency import COUNTS_FILE_NAME
+
+    trainer = make_trainer(script_args, training_args, model_args, dataset_args)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.accelerator.print("✅ Training completed.")
 

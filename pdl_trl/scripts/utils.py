@@ -36,20 +36,31 @@ def config_launch_args(config_remaining: list[str]) -> list[str]:
     return launch_args
 
 
-def parse_script_args(parser, args: list[str] | None = None) -> tuple:
+def parse_script_args(parser, args: list[str] | None = None, launch_options: bool = True) -> tuple:
     """
     Parses a script's arguments and `--config` file like `TrlParser.parse_args_and_config`, but stricter than
     `trl/scripts/*.py`: unknown command-line arguments are errors, and a config-file key that is no argument must
-    be an `accelerate launch` option (`pdl-trl sft` passes those to the launcher). So a misspelled key such as
-    `pdl_alpah` fails instead of being ignored.
+    be an `accelerate launch` option (`pdl-trl sft` passes those to the launcher), or, without `launch_options`
+    (a command that launches nothing), is an error too. So a misspelled key such as `pdl_alpah` fails instead of
+    being ignored.
     """
     *dataclasses, config_remaining, cli_remaining = parser.parse_args_and_config(
         args, return_remaining_strings=True, separate_remaining_strings=True
     )
     if cli_remaining:
-        raise ValueError(
-            f"Unknown arguments: {cli_remaining}. Check their spelling; `accelerate launch` options go before the "
-            "script (`accelerate launch --num_processes 2 -m pdl_trl.scripts.sft ...`) or to `pdl-trl sft`."
+        hint = (
+            "; `accelerate launch` options go before the script (`accelerate launch --num_processes 2 -m "
+            "pdl_trl.scripts.sft ...`) or to `pdl-trl sft`"
+            if launch_options
+            else ""
         )
-    config_launch_args(config_remaining)  # validates them; the launcher got them from `pdl-trl sft`
+        raise ValueError(f"Unknown arguments: {cli_remaining}. Check their spelling{hint}.")
+    if launch_options:
+        config_launch_args(config_remaining)  # validates them; the launcher got them from `pdl-trl sft`
+    elif config_remaining:
+        unknown = [key.removeprefix("--") for key in config_remaining[::2]]
+        raise ValueError(
+            f"Unknown keys in the config file: {unknown}. They are no arguments of `{parser.prog}`: fix their "
+            "spelling or remove them."
+        )
     return tuple(dataclasses)

@@ -1,0 +1,176 @@
+"""
+The run step of a sweep: one variant with one seed, trained in this process as `pdl-trl sft` trains it, saved, then
+evaluated on every eval set with `pdl-trl eval`'s functions. Its `run.json`, written last (atomically), marks it
+finished; a run without it is redone from scratch.
+"""
+
+import gc
+import os
+import platform
+import shutil
+import subprocess
+import time
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import set_seed
+
+from pdl_trl.evaluation.files import eval_result, write_generations, write_json
+from pdl_trl.evaluation.generation import merge_lora_for_inference
+from pdl_trl.evaluation.scoring import evaluate_model
+from pdl_trl.frequency import COUNTS_FILE_NAME, TokenCounts
+from pdl_trl.scripts.sft import make_trainer
+from pdl_trl.sweep.grid import RUN_FILE, RUN_FORMAT, Run, Sweep
+
+
+PACKAGES = ("pdl-trl", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "sacrebleu", "rouge-score")
+
+
+def _git_commit() -> str | None:
+    """The pdl-trl commit, when the package runs from a git checkout (`+ changes` when it has uncommitted ones)."""
+    folder = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return f"{commit} + changes" if status.strip() else commit
+
+
+def _version(package: str) -> str | None:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def environment(use_cpu: bool) -> dict:
+    """Date, hardware, Python and package versions and the pdl-trl commit, for a run file or a report."""
+    if torch.cuda.is_available() and not use_cpu:
+        hardware = f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
+    else:
+        hardware = (
+            f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"{torch.get_num_threads()} torch thread(s)"
+        )
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "hardware": hardware,
+        "python": platform.python_version(),
+        "versions": {package: _version(package) for package in PACKAGES},
+        "pdl_trl_commit": _git_commit(),
+    }
+
+
+def _training_summary(trainer, seconds: float) -> dict:
+    history = trainer.state.log_history
+    logged = [entry for entry in history if "nll" in entry]
+    return {
+        "steps": trainer.state.global_step,
+        "seconds": round(seconds, 1),
+        "train_loss": next((entry["train_loss"] for entry in history if "train_loss" in entry), None),
+        "last_logged": {key: logged[-1][key] for key in ("step", "loss", "nll") if key in logged[-1]}
+        if logged
+        else None,
+    }
+
+
+def _check_same_counts(run: Run, counts: TokenCounts, reference: TokenCounts, reference_path: Path) -> None:
+    if counts.tokenizer_fingerprint != reference.tokenizer_fingerprint or not np.array_equal(
+        counts.counts, reference.counts
+    ):
+        raise RuntimeError(
+            f"Run {run.name} counted another training set than the baseline ({reference_path}): its frequency "
+            "metrics would not be comparable. Nothing but `pdl_*` fields may differ between runs; check that the "
+            "training data and tokenizer did not change while the sweep ran."
+        )
+
+
+def train_and_evaluate(sweep: Sweep, run: Run) -> dict:
+    """
+    Trains, saves and evaluates one run, and writes its `run.json` last. An earlier unfinished attempt's folder is
+    deleted first, so that nothing of it mixes in. Frequency metrics use the counts file of the sweep's first run (the
+    baseline of the first seed) once this run's counts are checked equal to it.
+
+    Returns:
+        `dict`: the content of the run's `run.json`.
+    """
+    if run.directory.exists():
+        shutil.rmtree(run.directory)
+    started = time.perf_counter()
+    # SFTTrainer creates the model and its LoRA adapter before Trainer seeds: seed first, so that every variant of a
+    # seed starts from the same adapter, whatever ran before in this process
+    set_seed(run.seed)
+    trainer = make_trainer(sweep.script_args, run.config, sweep.model_args, sweep.dataset_args)
+    trainer.train()
+    trainer.save_model()
+    training = _training_summary(trainer, time.perf_counter() - started)
+
+    counts = TokenCounts.load(run.directory / COUNTS_FILE_NAME)
+    if run is not sweep.runs[0]:
+        reference = TokenCounts.load(sweep.reference_counts_path)
+        _check_same_counts(run, counts, reference, sweep.reference_counts_path)
+        counts = reference
+    tokenizer = trainer.processing_class
+    # The adapter is saved: merging it now only makes generation faster
+    model = merge_lora_for_inference(trainer.model)
+    metrics, timings = {}, {"train": training["seconds"]}
+    for eval_set in sweep.eval_sets:
+        eval_started = time.perf_counter()
+        eval_metrics, details, rows = evaluate_model(
+            model,
+            tokenizer,
+            eval_set.rows,
+            counts=counts.counts,
+            rare_mass=sweep.arguments.rare_mass,
+            max_new_tokens=eval_set.max_new_tokens,
+            batch_size=sweep.arguments.eval_batch_size,
+            seed=run.seed,
+        )
+        write_generations(run.generations_path(eval_set.name), rows)
+        settings = {
+            "model_name_or_path": sweep.model_args.model_name_or_path,
+            "adapter": str(run.directory) if sweep.model_args.use_peft else None,
+            "counts": str(sweep.reference_counts_path),
+            "dataset": eval_set.path,
+            "split": eval_set.split,
+            "generation": {
+                "max_new_tokens": eval_set.max_new_tokens,
+                "do_sample": False,
+                "batch_size": sweep.arguments.eval_batch_size,
+                "seed": run.seed,
+            },
+            "generations_output": str(run.generations_path(eval_set.name)),
+        }
+        write_json(run.metrics_path(eval_set.name), eval_result(eval_metrics, details, settings))
+        metrics[eval_set.name] = eval_metrics
+        timings[f"eval_{eval_set.name}"] = round(time.perf_counter() - eval_started, 1)
+
+    content = {
+        "format": RUN_FORMAT,
+        "version": 1,
+        "variant": run.variant,
+        "seed": run.seed,
+        "settings": run.settings,
+        "training": training,
+        "metrics": metrics,
+        "timings_s": timings,
+        "environment": environment(run.config.use_cpu),
+    }
+    write_json(run.directory / RUN_FILE, content)
+    trainer.end()
+    del trainer, model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return content
