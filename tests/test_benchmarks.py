@@ -66,3 +66,14 @@ def test_step_time_full_logits_matches_pdl_loss(variant, capsys):
     capsys.readouterr()
     pdl, reference = report["variants"]["pdl"], report["variants"][variant]
     assert reference["first_loss"] == pytest.approx(pdl["first_loss"], rel=1e-4)
+
+
+def test_generation_quick(tiny_model_dir, capsys):
+    report = load_script("generation").main(["--model", str(tiny_model_dir), "--quick", "--json"])
+    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(report))
+    assert report["prompts"] == 4 and report["max_new_tokens"] == 4
+    for key in ("ratio", "ratio_cpu_time", "merge_s"):
+        assert is_positive_number(report[key]), key
+    # Merged into float32 weights, the adapter generates the same
+    assert report["same_generations"] == 4
+    assert report["reference_nll"]["merged"] == pytest.approx(report["reference_nll"]["adapter"], rel=1e-5)
