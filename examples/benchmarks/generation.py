@@ -16,9 +16,11 @@ Run from the repository root:
 """
 
 import argparse
+import contextlib
 import copy
 import json
 import statistics
+import sys
 import time
 from importlib.resources import files
 from pathlib import Path
@@ -54,6 +56,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    # With --json, stdout holds the JSON alone: libraries may print there (DeepSpeed does when accelerate imports it)
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        report = _measure(args)
+    print(json.dumps(report, indent=None if args.json else 2))
+    return report
+
+
+def _measure(args) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     torch.manual_seed(0)
     lora = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM")
@@ -106,7 +116,6 @@ def main(argv=None) -> dict:
         "reference_nll": nll,
         "environment": environment(use_cpu=not torch.cuda.is_available()),
     }
-    print(json.dumps(report, indent=None if args.json else 2))
     return report
 
 
