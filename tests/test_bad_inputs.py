@@ -7,6 +7,7 @@ Each case is one row of a table below; the trainer cases use the tiny model of `
 
 import json
 import os
+import sys
 import warnings
 
 import numpy as np
@@ -318,3 +319,36 @@ def test_an_engine_accelerate_drops_on_cpu_is_warned_about(tiny_model_dir, cpu_c
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     with pytest.warns(UserWarning, match="asked for FSDP .* not sharded as configured"):
         make_trainer(tiny_model_dir, cpu_config)
+
+
+@pytest.mark.parametrize("module", ["rouge_score", "sacrebleu"])
+def test_eval_without_the_eval_extra_names_it_before_loading_a_model(tmp_path, monkeypatch, module):
+    from pdl_trl.cli import main as cli_main
+
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    data = tmp_path / "heldout.jsonl"
+    data.write_text(json.dumps({"prompt": "What is 1 plus 1?", "completion": " 2."}) + "\n")
+    with pytest.raises(ModuleNotFoundError, match="pip install 'pdl-trl\\[eval\\]'"):
+        cli_main(["eval", "--model_name_or_path", str(tmp_path / "no-model"), "--dataset", str(data)])
+    with pytest.raises(ModuleNotFoundError, match="pip install 'pdl-trl\\[eval\\]'"):
+        cli_main(["sweep", "--config", str(tmp_path / "no-config.yaml")])
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (['{"generation": "a"}', "{not json"], "Line 2 of"),
+        (['["a list"]'], "not a JSON object"),
+        (['{"prompt": "p"}'], "no string `generation`"),
+        ([], "has no rows"),
+    ],
+    ids=["malformed line", "not an object", "no generation", "empty"],
+)
+def test_bad_generations_file_names_the_file(tmp_path, lines, message):
+    from pdl_trl.evaluation import read_generations
+
+    path = tmp_path / "gens.jsonl"
+    path.write_text("".join(line + "\n" for line in lines))
+    with pytest.raises(ValueError, match=message) as error:
+        read_generations(path)
+    assert str(path) in str(error.value)

@@ -177,9 +177,7 @@ def test_power_law_weights_formula_and_unseen_token_policy():
     # The formula, up to the scale (which the loss divides out): the count-weighted mean of a target is 1
     formula = torch.tensor([(c + epsilon) ** -alpha for c in (1, 3, 10, 250)], dtype=torch.float64)
     counted = torch.tensor([1, 3, 10, 250], dtype=torch.float64)
-    torch.testing.assert_close(
-        weights[[1, 2, 3, 5]], (formula / ((counted * formula).sum() / counted.sum())).float()
-    )
+    torch.testing.assert_close(weights[[1, 2, 3, 5]], (formula / ((counted * formula).sum() / counted.sum())).float())
     assert count_weighted_mean(weights, counts) == pytest.approx(1.0, rel=1e-6)
     # Unseen tokens take the rarest seen token's weight, not epsilon ** -alpha (which would be larger)
     assert weights[0] == weights[4] == weights[1] == max(weights[[1, 2, 3, 5]])

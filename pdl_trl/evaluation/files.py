@@ -46,8 +46,21 @@ def read_generations(path: str | os.PathLike) -> list[dict]:
     Reads a generations jsonl: every row has `generation`, and either every row or none has `reference`, and
     `terminated` (true or false).
     """
-    with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f"Line {number} of {path} is not JSON ({error}): a generations file has one JSON object per line, "
+                    "as `pdl-trl eval --generations_output` writes it."
+                ) from error
+            if not isinstance(row, dict):
+                raise ValueError(f"Line {number} of {path} is {type(row).__name__}, not a JSON object (a row).")
+            rows.append(row)
     if not rows:
         raise ValueError(f"{path} has no rows.")
     for i, row in enumerate(rows):

@@ -6,6 +6,7 @@ token-id lists (or texts), so that each can be checked by hand; no model, no tor
 An undefined value (no tokens to average over) is `nan`, written as `null` in metrics files.
 """
 
+import importlib
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -29,6 +30,23 @@ METRIC_NAMES = (
     "chrf",
     "reference_nll",
 )
+
+
+def import_extra(module: str, extra: str):
+    """Imports an optional dependency, or says which extra of pdl-trl installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ModuleNotFoundError(
+            f"`{module.split('.')[0]}` is not installed; the reference metrics (ROUGE-L, chrF) and plots need it: "
+            f"`pip install 'pdl-trl[{extra}]'`."
+        ) from error
+
+
+def check_eval_extra() -> None:
+    """Raises before any model is loaded when the `eval` extra's packages are missing."""
+    for module in ("rouge_score.rouge_scorer", "sacrebleu.metrics"):
+        import_extra(module, "eval")
 
 
 def _ngrams(ids: Sequence[int], n: int) -> Iterable[tuple[int, ...]]:
@@ -188,7 +206,7 @@ def rouge_l_scores(generations: Sequence[str], references: Sequence[str]) -> np.
     ROUGE-L F-measure of each generation against its reference (`rouge-score` package, `rougeL`, no stemming; its
     default tokenizer lower-cases and keeps only `[a-z0-9]+` words). Each in [0, 1].
     """
-    from rouge_score import rouge_scorer
+    rouge_scorer = import_extra("rouge_score.rouge_scorer", "eval")
 
     if len(generations) != len(references) or not generations:
         raise ValueError(f"ROUGE-L needs one reference per generation, got {len(generations)} and {len(references)}.")
@@ -204,10 +222,8 @@ def rouge_l(generations: Sequence[str], references: Sequence[str]) -> float:
 
 
 def _chrf_metric():
-    from sacrebleu.metrics import CHRF
-
     # sacrebleu's defaults, those of `sacrebleu.corpus_chrf`
-    return CHRF()
+    return import_extra("sacrebleu.metrics", "eval").CHRF()
 
 
 def chrf_statistics(generations: Sequence[str], references: Sequence[str]) -> np.ndarray:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pdl_trl.atomic import write_atomically
-from pdl_trl.evaluation.metrics import METRIC_NAMES
+from pdl_trl.evaluation.metrics import METRIC_NAMES, import_extra
 
 
 def default_labels(paths: Sequence[str | os.PathLike]) -> list[str]:
@@ -51,8 +51,7 @@ def markdown_table(labels: Sequence[str], runs: Sequence[dict[str, float]]) -> s
 
 def plot(labels: Sequence[str], runs: Sequence[dict[str, float]], path: str | os.PathLike) -> None:
     """PNG with one bar subplot per metric (their scales differ), one bar per run, written atomically."""
-    import matplotlib
-
+    matplotlib = import_extra("matplotlib", "plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

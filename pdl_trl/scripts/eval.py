@@ -18,7 +18,7 @@ import torch
 from pdl_trl.evaluation.files import eval_result, json_text, read_generations, write_generations, write_json
 from pdl_trl.evaluation.generation import DTYPES, load_model, merge_lora_for_inference
 from pdl_trl.evaluation.heldout import eval_rows, load_eval_split
-from pdl_trl.evaluation.metrics import DEFAULT_RARE_MASS
+from pdl_trl.evaluation.metrics import DEFAULT_RARE_MASS, check_eval_extra
 from pdl_trl.evaluation.scoring import evaluate_model, load_counts, score_generation_rows
 
 
@@ -90,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "tokenizer": tokenizer_source,
         "counts": args.counts,
     }
+    check_eval_extra()
     # The data first: a wrong path or split fails before a model is loaded
     if args.generations is not None:
         rows = read_generations(args.generations)[: args.max_samples]

@@ -39,9 +39,13 @@ def make_parser(prog: str | None = None):
 def main(argv: list[str] | None = None) -> dict:
     from tqdm.auto import tqdm
 
+    from pdl_trl.evaluation.metrics import check_eval_extra, import_extra
     from pdl_trl.sweep import check_config_file, plan_sweep, train_and_evaluate, write_report
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Before hours of training: the report needs the reference metrics and the chart
+    check_eval_extra()
+    import_extra("matplotlib", "eval")
     config_text = None
     if "--config" in argv and argv.index("--config") + 1 < len(argv):
         config_text = check_config_file(argv[argv.index("--config") + 1])

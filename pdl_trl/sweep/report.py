@@ -12,6 +12,7 @@ import numpy as np
 
 from pdl_trl.atomic import write_atomically, write_text_atomically
 from pdl_trl.evaluation.files import read_generations, write_json
+from pdl_trl.evaluation.metrics import import_extra
 from pdl_trl.evaluation.statistics import CONFIDENCE, bootstrap_indices, paired_bootstrap, run_statistics
 from pdl_trl.evaluation.tokens import completion_text
 from pdl_trl.frequency import TokenCounts
@@ -269,8 +270,7 @@ def report_markdown(report: dict) -> str:
 
 def plot_differences(report: dict, path: str | Path) -> None:
     """`report.png`: per metric (rows) and eval set (columns), each variant's Δ with its interval and seed Δs."""
-    import matplotlib
-
+    matplotlib = import_extra("matplotlib", "eval")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
