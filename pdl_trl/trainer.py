@@ -104,7 +104,7 @@ class PDLSFTTrainer(SFTTrainer):
                 title        = {{Power-Law Decay Loss for Large Language Model Finetuning: A Theory Perspective}},
                 author       = {Jintian Shao},
                 year         = 2025,
-                eprint       = {arXiv:2505.16900},
+                eprint       = {2505.16900},
                 archivePrefix= {arXiv},
                 primaryClass = {cs.CL},
             }"""),
