@@ -1,4 +1,5 @@
-"""One PDL optimizer step (SGD) on the four-row tiny dataset; writes what the step produced to a file per rank.
+"""One PDL optimizer step (SGD; alpha 1 with neutral special tokens and a mix of 0.7) on the four-row tiny dataset;
+writes what the step produced to a file per rank.
 
 Run by `test_distributed.py` under `torchrun --nproc_per_node 2` (gloo, CPU), and called in-process there as the
 one-process reference:
@@ -32,6 +33,9 @@ def train_one_step(model_dir: str, output_dir: str, batch_size: int, accumulatio
         gradient_accumulation_steps=accumulation,
         max_steps=1,
         pdl_alpha=1.0,
+        # The options toward plain SFT keep the step exact across processes too
+        pdl_neutral_special_tokens=True,
+        pdl_mix=0.7,
         optim="sgd",
         learning_rate=0.1,
         lr_scheduler_type="constant",
