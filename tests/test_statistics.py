@@ -88,7 +88,8 @@ def _rows(terminated, nll_sums, num_tokens):
 
 def test_paired_bootstrap_against_hand_computation(tiny_tokenizer):
     """Three prompts, two seeds, four fixed resamples. Each resample's difference is the mean over seeds of
-    metric(variant_s, I) - metric(baseline_s, I) on the same indices I; the interval is numpy's linear percentile."""
+    metric(variant_s, I) - metric(baseline_s, I) on the same indices I; the interval is numpy's linear percentile,
+    shifted by the point estimate minus the resamples' mean difference."""
     baseline = [
         run_statistics(_rows([1, 1, 0], [2, 4, 9], [1, 2, 3]), tiny_tokenizer),
         run_statistics(_rows([1, 0, 1], [1, 1, 1], [1, 1, 1]), tiny_tokenizer),
@@ -106,9 +107,9 @@ def test_paired_bootstrap_against_hand_computation(tiny_tokenizer):
     assert termination.delta == pytest.approx(-1 / 3)
     # [0,0,0]: seed 0 0 - 1, seed 1 1 - 1 -> -1/2; [1,2,2]: 0 - 1/3, 1/3 - 2/3 -> -1/3; [2,2,2]: 0 - 0, 0 - 1 -> -1/2;
     # [0,1,1]: 0 - 1, 1 - 1/3 -> -1/6. Sorted -1/2, -1/2, -1/3, -1/6: the 2.5th percentile sits at 0.075, the
-    # 97.5th at 2.925 of the 3 gaps
-    assert termination.low == pytest.approx(-1 / 2)
-    assert termination.high == pytest.approx(-1 / 3 + 0.925 * (1 / 6))
+    # 97.5th at 2.925 of the 3 gaps; the resamples' mean is -1.5 / 4, so the shift is -1/3 + 3/8 = +1/24
+    assert termination.low == pytest.approx(-1 / 2 + 1 / 24)
+    assert termination.high == pytest.approx(-1 / 3 + 0.925 * (1 / 6) + 1 / 24)
     # The interval excludes 0, but seed 1 shows no difference: not a result
     assert termination.high < 0 and termination.shown == 0
 
@@ -118,9 +119,9 @@ def test_paired_bootstrap_against_hand_computation(tiny_tokenizer):
     assert nll.seed_deltas == pytest.approx([0.5, 1.0])
     assert nll.delta == pytest.approx(0.75)
     # [0,0,0]: (3 - 2 + 2 - 1) / 2 = 1; [1,2,2]: baseline s0 22/8 -> (0.25 + 1) / 2; [2,2,2]: (0 + 1) / 2;
-    # [0,1,1]: baseline s0 10/5, variant s1 8/4 -> 1. Sorted 0.5, 0.625, 1, 1
-    assert nll.low == pytest.approx(0.5 + 0.075 * 0.125)
-    assert nll.high == pytest.approx(1.0)
+    # [0,1,1]: baseline s0 10/5, variant s1 8/4 -> 1. Sorted 0.5, 0.625, 1, 1; mean 0.78125, shift 0.75 - 0.78125
+    assert nll.low == pytest.approx(0.5 + 0.075 * 0.125 - 0.03125)
+    assert nll.high == pytest.approx(1.0 - 0.03125)
     assert nll.shown == 1
     assert nll.undefined_resamples == 0
     # Identical generations: no difference anywhere
@@ -150,3 +151,14 @@ def test_paired_bootstrap_needs_matching_runs(tiny_tokenizer):
 )
 def test_difference_is_shown_only_when_interval_and_seeds_agree(low, high, seeds, shown):
     assert Difference(float(np.mean(seeds)), low, high, seeds, 0).shown == shown
+
+
+def test_interval_of_a_distinct_n_difference_holds_its_estimate(tiny_tokenizer):
+    """Distinct-n is lower on a resample than on the prompts themselves (repeated prompts repeat their n-grams):
+    for a very diverse variant against a repetitive baseline, the uncentred percentile interval misses the estimate."""
+    words = ["red", "blue", "green", "amber", "teal", "violet", "ochre", "crimson"]
+    baseline = [run_statistics([{"prompt": "p", "generation": "red red red red"} for _ in range(8)], tiny_tokenizer)]
+    variant = [run_statistics([{"prompt": "p", "generation": f"{w} {w}s {w}ish"} for w in words], tiny_tokenizer)]
+    indices = bootstrap_indices(8, 500, seed=0)
+    distinct = paired_bootstrap(variant, baseline, indices)["distinct_1"]
+    assert distinct.low <= distinct.delta <= distinct.high

@@ -210,7 +210,7 @@ class Difference:
 
     Attributes:
         delta (`float`): mean over seeds of the full-set difference (variant - baseline of the same seed).
-        low, high (`float`): the percentile bootstrap interval (`CONFIDENCE`) of the difference.
+        low, high (`float`): the (centred) percentile bootstrap interval (`CONFIDENCE`) of the difference.
         seed_deltas (`list[float]`): the full-set difference of each seed.
         undefined_resamples (`int`): resamples where the metric is undefined for some run (e.g. no reference with a
             rare token drawn); left out of the interval.
@@ -248,7 +248,10 @@ def paired_bootstrap(
     Resample `b` draws prompt indices `I_b` (`indices[b]`), the same for the variant and the baseline and for every
     seed; its difference is `mean_s(metric(variant_s, I_b) - metric(baseline_s, I_b))`. The interval is the
     `(1 - confidence) / 2` and `(1 + confidence) / 2` percentiles (numpy's linear interpolation) of the resamples'
-    differences.
+    differences, shifted so that the resamples' mean difference sits at the point estimate: a resample repeats some
+    prompts, and repeated generations repeat their n-grams, so corpus metrics such as distinct-n are lower on every
+    resample than on the prompts themselves — unshifted, the interval of a distinct-n difference could miss its own
+    estimate. For metrics that are means of the examples the shift is ~0.
 
     Args:
         variant, baseline (`list[RunStatistics]`): one per seed, in the same seed order, all on the same prompts
@@ -279,9 +282,12 @@ def paired_bootstrap(
             [v[name] - b[name] for v, b in zip(variant_resampled, baseline_resampled, strict=True)], axis=0
         )
         defined = deltas[np.isfinite(deltas)]
+        delta = float(np.mean(seed_deltas))
         low, high = np.percentile(defined, [tail, 100 - tail]) if len(defined) else (math.nan, math.nan)
+        if len(defined):
+            low, high = low + delta - defined.mean(), high + delta - defined.mean()
         differences[name] = Difference(
-            delta=float(np.mean(seed_deltas)),
+            delta=delta,
             low=float(low),
             high=float(high),
             seed_deltas=seed_deltas,
