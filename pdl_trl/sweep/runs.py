@@ -96,6 +96,19 @@ def _check_same_counts(run: Run, counts: TokenCounts, reference: TokenCounts, re
         )
 
 
+def evaluation_dtype(args) -> torch.dtype | None:
+    """
+    The half precision a run trained in under mixed precision (`bf16` / `fp16`), or None for float32. The sweep
+    evaluates in it too, so that a half-precision sweep generates in half precision like the model it trained; on a
+    CPU with bf16 instructions that is also several times faster than float32.
+    """
+    if args.bf16:
+        return torch.bfloat16
+    if args.fp16:
+        return torch.float16
+    return None
+
+
 def train_and_evaluate(sweep: Sweep, run: Run) -> dict:
     """
     Trains, saves and evaluates one run, and writes its `run.json` last. An earlier unfinished attempt's folder is
@@ -124,6 +137,10 @@ def train_and_evaluate(sweep: Sweep, run: Run) -> dict:
     tokenizer = trainer.processing_class
     # The adapter is saved: merging it now only makes generation faster
     model = merge_lora_for_inference(trainer.model)
+    dtype = evaluation_dtype(trainer.args)
+    if dtype is not None:
+        # Cast after merging: the adapter's update is merged in float32, then the whole model rounded once
+        model = model.to(dtype)
     metrics, timings = {}, {"train": training["seconds"]}
     for eval_set in sweep.eval_sets:
         eval_started = time.perf_counter()
@@ -149,6 +166,7 @@ def train_and_evaluate(sweep: Sweep, run: Run) -> dict:
                 "do_sample": False,
                 "batch_size": sweep.arguments.eval_batch_size,
                 "seed": run.seed,
+                "dtype": str(dtype or torch.float32).removeprefix("torch."),
             },
             "generations_output": str(run.generations_path(eval_set.name)),
         }
