@@ -93,6 +93,7 @@ def test_sweep_end_to_end_and_restart(sweep_config, tmp_path, capsys):
                 # Every run is measured with the baseline's counts file
                 assert metrics["settings"]["counts"] == str(sweep / "sft" / "seed-0" / "pdl_counts.json")
                 assert metrics["metrics"] == content["metrics"][eval_set]
+                assert metrics["settings"]["generation"]["dtype"] == "float32"
                 rows = [json.loads(line) for line in (run / "eval" / f"{eval_set}.generations.jsonl").open()]
                 assert all(isinstance(row["terminated"], bool) for row in rows)
                 assert list(metrics["metrics"])[0] == "termination_rate"
@@ -245,3 +246,29 @@ def test_example_sweep_config_plans(tmp_path, monkeypatch):
     ]
     assert [len(eval_set.rows) for eval_set in sweep.eval_sets] == [95]
     assert sweep.model_args.use_peft and sweep.runs[0].config.max_steps == 60
+
+
+def test_bf16_sweep_evaluates_in_bf16(sweep_config, tmp_path):
+    """A bf16 mixed-precision sweep generates with its merged model cast to bf16 and records it; the generations are
+    those of the saved adapter loaded, merged in float32 and cast to bf16."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from pdl_trl.evaluation.generation import generate_completions, load_model, merge_lora_for_inference
+
+    sweep_main(["--config", str(sweep_config(bf16=True, seeds=[0]))])
+    run = tmp_path / "sweep" / "pdl" / "seed-0"
+    metrics = read_json(run / "eval" / "heldout.metrics.json")
+    assert metrics["settings"]["generation"]["dtype"] == "bfloat16"
+    base = metrics["settings"]["model_name_or_path"]
+    model = merge_lora_for_inference(load_model(base, str(run), "cpu", torch.float32)).to(torch.bfloat16)
+    rows = [json.loads(line) for line in (run / "eval" / "heldout.generations.jsonl").open()]
+    generations = generate_completions(
+        model,
+        AutoTokenizer.from_pretrained(base),
+        [row["prompt"] for row in rows],
+        max_new_tokens=4,
+        batch_size=4,
+        show_progress=False,
+    )
+    assert [g.text for g in generations] == [row["generation"] for row in rows]
