@@ -5,10 +5,13 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from tiny import make_rows
+from transformers import AutoTokenizer
 
 from pdl_trl.cli import main as cli_main
+from pdl_trl.evaluation.generation import generate_completions, load_model, merge_lora_for_inference
 from pdl_trl.scripts.sweep import main as sweep_main
 
 
@@ -251,11 +254,6 @@ def test_example_sweep_config_plans(tmp_path, monkeypatch):
 def test_bf16_sweep_evaluates_in_bf16(sweep_config, tmp_path):
     """A bf16 mixed-precision sweep generates with its merged model cast to bf16 and records it; the generations are
     those of the saved adapter loaded, merged in float32 and cast to bf16."""
-    import torch
-    from transformers import AutoTokenizer
-
-    from pdl_trl.evaluation.generation import generate_completions, load_model, merge_lora_for_inference
-
     sweep_main(["--config", str(sweep_config(bf16=True, seeds=[0]))])
     run = tmp_path / "sweep" / "pdl" / "seed-0"
     metrics = read_json(run / "eval" / "heldout.metrics.json")
