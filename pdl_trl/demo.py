@@ -144,14 +144,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Fine-tune SmolLM2-135M-Instruct with LoRA and the Power-Law Decay Loss on the bundled pydoc_qa "
         "dataset, on CPU, and show a held-out answer before and after.",
     )
-    # 0.25, not the library default 1.0: at 1.0 the model stopped ending its answers (docs/results.md)
-    parser.add_argument("--alpha", type=float, default=0.25, help="PDL decay exponent; 0 is plain SFT (default 0.25)")
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        default=PDLSFTConfig.pdl_alpha,
+        help=f"PDL decay exponent; 0 is plain SFT (pdl_alpha; default {PDLSFTConfig.pdl_alpha})",
+    )
     parser.add_argument(
         "--neutral-special-tokens",
-        action="store_true",
-        help="weigh special tokens (end-of-turn) at the mean weight, as in plain SFT (pdl_neutral_special_tokens)",
+        action=argparse.BooleanOptionalAction,
+        default=PDLSFTConfig.pdl_neutral_special_tokens,
+        help="weigh special tokens (end-of-turn) at the mean weight, as in plain SFT (pdl_neutral_special_tokens; "
+        f"default {PDLSFTConfig.pdl_neutral_special_tokens}); --no-neutral-special-tokens is the paper's formula",
     )
-    parser.add_argument("--mix", type=float, default=1.0, help="mix toward plain SFT, 1 = PDL (pdl_mix; default 1)")
+    parser.add_argument(
+        "--mix",
+        type=float,
+        default=PDLSFTConfig.pdl_mix,
+        help=f"mix toward plain SFT, 1 = PDL (pdl_mix; default {PDLSFTConfig.pdl_mix})",
+    )
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps, batch size 4 (default 30)")
     parser.add_argument(
         "--threads",

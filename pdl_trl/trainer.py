@@ -86,7 +86,7 @@ class PDLSFTTrainer(SFTTrainer):
 
     trainer = PDLSFTTrainer(
         model="Qwen/Qwen2.5-0.5B-Instruct",
-        args=PDLSFTConfig(output_dir="out", pdl_alpha=0.25),
+        args=PDLSFTConfig(output_dir="out"),  # PDL at its defaults: pdl_alpha=0.25, special tokens neutral
         train_dataset=load_dataset("trl-lib/tldr", split="train"),
     )
     trainer.train()
@@ -292,8 +292,8 @@ class PDLSFTTrainer(SFTTrainer):
             warnings.warn(
                 f"PDL weights the end-of-sequence token {self._tokenizer.eos_token!r} at {eos_share:.3g} of the "
                 f"rarest tokens (pdl_alpha={self.args.pdl_alpha}); the trained model may not stop generating. Set "
-                "`pdl_neutral_special_tokens=True` to keep its plain-SFT share, or a smaller `pdl_alpha` or "
-                "`pdl_mix`; check `termination_rate` with `pdl-trl eval`.",
+                "`pdl_neutral_special_tokens=True` (the default) to keep its plain-SFT share, or a smaller "
+                "`pdl_alpha` or `pdl_mix`; check `termination_rate` with `pdl-trl eval`.",
                 UserWarning,
                 stacklevel=3,
             )

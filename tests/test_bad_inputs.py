@@ -16,7 +16,7 @@ import torch
 from datasets import Dataset
 from tiny import make_rows, prompt_completion_dataset
 
-from pdl_trl import PDLSFTTrainer, TokenCounts, tokenizer_fingerprint
+from pdl_trl import PDLSFTConfig, PDLSFTTrainer, TokenCounts, tokenizer_fingerprint
 from pdl_trl.frequency import COUNTS_FILE_NAME
 
 
@@ -244,7 +244,22 @@ def test_huge_epsilon_still_gives_the_plain_sft_loss(tiny_model_dir, cpu_config)
 
 def test_end_of_sequence_weighted_away_is_warned_about(tiny_model_dir, cpu_config):
     with pytest.warns(UserWarning, match="pdl_neutral_special_tokens=True"):
-        make_trainer(tiny_model_dir, cpu_config, train_dataset=prompt_completion_dataset(128), pdl_alpha=1.0)
+        make_trainer(
+            tiny_model_dir,
+            cpu_config,
+            train_dataset=prompt_completion_dataset(128),
+            pdl_alpha=1.0,
+            pdl_neutral_special_tokens=False,
+        )
+
+
+def test_defaults_keep_the_end_of_sequence_weight_without_a_warning(tiny_model_dir, cpu_config):
+    # The same data at alpha 1: the default neutral special tokens keep EOS at the mean weight, so nothing to warn
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*end-of-sequence token.*")
+        trainer = make_trainer(tiny_model_dir, cpu_config, train_dataset=prompt_completion_dataset(128), pdl_alpha=1.0)
+    eos_id = trainer.processing_class.eos_token_id
+    assert trainer.pdl_neutral_mask[eos_id] and trainer.pdl_weights[eos_id] == 1.0
 
 
 # ---------------------------------------------------------------------------------------------------------- resume
@@ -270,7 +285,7 @@ def test_resume_with_nothing_to_resume(tiny_model_dir, cpu_config):
 
 
 def test_resume_with_another_alpha_is_refused(tiny_model_dir, cpu_config, checkpoint):
-    with pytest.raises(ValueError, match="pdl_alpha 1.0 there, 0.5 now"):
+    with pytest.raises(ValueError, match=f"pdl_alpha {PDLSFTConfig.pdl_alpha} there, 0.5 now"):
         make_trainer(tiny_model_dir, cpu_config, max_steps=2, pdl_alpha=0.5).train(resume_from_checkpoint=checkpoint)
 
 
@@ -292,7 +307,7 @@ def test_resume_from_a_checkpoint_without_settings_warns(tiny_model_dir, cpu_con
 def test_saved_settings_are_readable_json(checkpoint):
     with open(os.path.join(checkpoint, "pdl_settings.json")) as f:
         settings = json.load(f)
-    assert settings["format"] == "pdl-trl-settings" and settings["pdl_alpha"] == 1.0
+    assert settings["format"] == "pdl-trl-settings" and settings["pdl_alpha"] == PDLSFTConfig.pdl_alpha
 
 
 # ------------------------------------------------------------------------------------------------- command line

@@ -17,7 +17,7 @@ import torch
 import yaml
 from tiny import make_rows
 
-from pdl_trl import PDLSFTTrainer, TokenCounts
+from pdl_trl import PDLSFTConfig, PDLSFTTrainer, TokenCounts
 from pdl_trl.cli import main as cli_main
 from pdl_trl.data_loading import load_dataset_splits
 from pdl_trl.frequency import COUNTS_FILE_NAME
@@ -386,12 +386,62 @@ def test_inspect_shows_the_neutral_tokens(sft_yaml, tmp_path, capsys):
     counts_path = tmp_path / "c.json"
     cli_main(["count", "--config", str(sft_yaml()), "--output", str(counts_path)])
     capsys.readouterr()
-    assert cli_main(["inspect", str(counts_path), "--neutral_special_tokens", "--neutral_tokens", " The"]) == 0
+    # Special tokens are neutral by default, as in the trainer
+    assert cli_main(["inspect", str(counts_path), "--alpha", "1", "--neutral_tokens", " The"]) == 0
     out = capsys.readouterr().out
     assert "neutral tokens weigh the mean (1); the 2 counted carry" in out
     assert "'<|im_end|>'" in out and "in plain SFT)" in out
     least = out.split("least weighted (most frequent)")[1]
     assert "'<|im_end|>'" not in least and "' The'" not in least
+
+    assert cli_main(["inspect", str(counts_path), "--alpha", "1", "--no_neutral_special_tokens"]) == 0
+    out = capsys.readouterr().out
+    assert "neutral tokens" not in out
+    assert "'<|im_end|>'" in out.split("least weighted (most frequent)")[1]  # the formula weighs it down
+
+
+def test_inspect_and_demo_defaults_are_the_trainers():
+    from pdl_trl.demo import parse_args as demo_args
+    from pdl_trl.scripts.inspect_counts import make_parser as inspect_parser
+
+    inspect = inspect_parser().parse_args(["counts.json"])
+    demo = demo_args([])
+    for alpha, neutral, mix in [
+        (inspect.alpha, inspect.neutral_special_tokens, inspect.mix),
+        (demo.alpha, demo.neutral_special_tokens, demo.mix),
+    ]:
+        assert (alpha, neutral, mix) == (
+            PDLSFTConfig.pdl_alpha,
+            PDLSFTConfig.pdl_neutral_special_tokens,
+            PDLSFTConfig.pdl_mix,
+        )
+    assert inspect.epsilon == PDLSFTConfig.pdl_epsilon
+    assert inspect_parser().parse_args(["c.json", "--no_neutral_special_tokens"]).neutral_special_tokens is False
+    assert demo_args(["--no-neutral-special-tokens"]).neutral_special_tokens is False
+
+
+def test_sft_command_turns_neutral_special_tokens_off(tmp_path):
+    _, training_args, _, _ = parse_script_args(
+        sft_script.make_parser(),
+        ["--model_name_or_path", "m", "--dataset_name", "d", "--output_dir", str(tmp_path), "--use_cpu"],
+    )
+    assert training_args.pdl_neutral_special_tokens is True  # the default, as PDLSFTConfig's
+    _, paper, _, _ = parse_script_args(
+        sft_script.make_parser(),
+        ["--model_name_or_path", "m", "--dataset_name", "d", "--output_dir", str(tmp_path), "--use_cpu"]
+        + ["--pdl_alpha", "1.0", "--no_pdl_neutral_special_tokens"],
+    )
+    assert paper.pdl_neutral_special_tokens is False and paper.pdl_alpha == 1.0
+
+
+def test_inspect_without_the_tokenizer_names_the_fix(tmp_path, capsys):
+    counts = TokenCounts(np.arange(424, dtype=np.int64), "missing-org/missing-tokenizer", "sha256:0", source="test")
+    counts.save(tmp_path / "c.json")
+    with pytest.raises(OSError, match="--tokenizer PATH.*--no_neutral_special_tokens"):
+        cli_main(["inspect", str(tmp_path / "c.json")])
+    # Without neutral tokens the weights need no tokenizer: ids only, with a note
+    assert cli_main(["inspect", str(tmp_path / "c.json"), "--no_neutral_special_tokens"]) == 0
+    assert "Showing token ids: cannot load the counts' tokenizer" in capsys.readouterr().out
 
 
 def test_inspect_refuses_another_tokenizer(tmp_path, tiny_model_dir):

@@ -100,7 +100,9 @@ def train(model_dir, args, train_dataset, trainer_class=PDLSFTTrainer, **kwargs)
 
 def test_table_is_sized_to_the_output_rows_and_counts_completion_tokens(tiny_model_dir, tiny_tokenizer, cpu_config):
     rows = make_rows(16)
-    trainer = PDLSFTTrainer(str(tiny_model_dir), args=cpu_config(), train_dataset=prompt_completion_dataset(16))
+    # The paper's formula, so that every entry is the formula's
+    args = cpu_config(pdl_alpha=1.0, pdl_neutral_special_tokens=False)
+    trainer = PDLSFTTrainer(str(tiny_model_dir), args=args, train_dataset=prompt_completion_dataset(16))
 
     assert output_rows(trainer) == len(tiny_tokenizer) + 24
     assert trainer.pdl_counts.dtype == torch.int64 and trainer.pdl_counts.shape == (len(tiny_tokenizer) + 24,)
@@ -364,7 +366,7 @@ def test_qlora_4bit_trains_only_the_adapter_and_survives_eval(tiny_model_dir, cp
 def test_metrics_reach_the_log_history(tiny_model_dir, cpu_config):
     trainer = train(
         tiny_model_dir,
-        cpu_config(pdl_alpha=1.0, max_steps=2, eval_strategy="steps", eval_steps=2),
+        cpu_config(pdl_alpha=1.0, pdl_neutral_special_tokens=False, max_steps=2, eval_strategy="steps", eval_steps=2),
         prompt_completion_dataset(8),
         eval_dataset=prompt_completion_dataset(4, seed=1),
     )
@@ -374,7 +376,8 @@ def test_metrics_reach_the_log_history(tiny_model_dir, cpu_config):
         for key in ["nll", "pdl_mean_weight", "pdl_ess", "entropy", "mean_token_accuracy", "num_tokens"]:
             assert math.isfinite(entry[key]), key
         assert 0 < entry["pdl_ess"] <= 1
-        assert 0 < entry["pdl_mean_weight"] < 1  # alpha=1, epsilon=1: every counted token weighs below 1
+        # alpha=1 without neutral tokens: EOS, most frequent, weighs far below the mean of the types
+        assert 0 < entry["pdl_mean_weight"] < 1
     (eval_log,) = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
     for key in ["eval_loss", "eval_nll", "eval_pdl_mean_weight", "eval_pdl_ess", "eval_entropy"]:
         assert math.isfinite(eval_log[key]), key
@@ -446,7 +449,8 @@ def test_other_configs_are_converted_with_pdl_defaults(tiny_model_dir, cpu_confi
     trainer = PDLSFTTrainer(str(tiny_model_dir), args=args, train_dataset=prompt_completion_dataset(8))
     assert isinstance(trainer.args, PDLSFTConfig)
     assert trainer.args.per_device_train_batch_size == 3
-    assert (trainer.args.pdl_alpha, trainer.args.pdl_epsilon) == (1.0, 1.0)
+    pdl_fields = ("pdl_alpha", "pdl_epsilon", "pdl_neutral_special_tokens", "pdl_mix")
+    assert [getattr(trainer.args, name) for name in pdl_fields] == [getattr(PDLSFTConfig, name) for name in pdl_fields]
     # `TrainingArguments.to_dict` masks every `*_token` field; the converted config must keep the real values
     assert trainer.args.hub_token == args.hub_token
     if config_class is SFTConfig:
@@ -506,7 +510,13 @@ def test_counts_path_gives_that_table(tiny_model_dir, tiny_tokenizer, cpu_config
     )
     trainer = train(
         tiny_model_dir,
-        cpu_config(pdl_counts_path=str(tmp_path / "reference.json"), pdl_alpha=0.5, pdl_epsilon=2.0, max_steps=1),
+        cpu_config(
+            pdl_counts_path=str(tmp_path / "reference.json"),
+            pdl_alpha=0.5,
+            pdl_epsilon=2.0,
+            pdl_neutral_special_tokens=False,
+            max_steps=1,
+        ),
         prompt_completion_dataset(8),
     )
     assert trainer.pdl_counts.tolist() == reference_counts.tolist()
@@ -574,11 +584,12 @@ def test_down_weighted_end_of_sequence_token_is_warned_about(tiny_model_dir, cpu
     rows = prompt_completion_dataset(128)
     # Every completion ends with EOS, so alpha=1 weighs it at (c + 1) / 129 of the rarest token (count c, a few here):
     # below the 0.05 threshold; alpha=0.25 keeps it above
+    formula = {"pdl_neutral_special_tokens": False, "max_steps": 1}
     with pytest.warns(UserWarning, match="end-of-sequence token '<\\|im_end\\|>'"):
-        PDLSFTTrainer(model=str(tiny_model_dir), args=cpu_config(pdl_alpha=1.0, max_steps=1), train_dataset=rows)
+        PDLSFTTrainer(model=str(tiny_model_dir), args=cpu_config(pdl_alpha=1.0, **formula), train_dataset=rows)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*end-of-sequence token.*")
-        PDLSFTTrainer(model=str(tiny_model_dir), args=cpu_config(pdl_alpha=0.25, max_steps=1), train_dataset=rows)
+        PDLSFTTrainer(model=str(tiny_model_dir), args=cpu_config(pdl_alpha=0.25, **formula), train_dataset=rows)
 
 
 def test_eval_tokens_never_counted_do_not_dominate_the_eval_loss(tiny_model_dir, cpu_config):
@@ -655,12 +666,12 @@ def test_neutral_share_metric_is_the_neutral_targets_share_of_the_step_weight(ti
     assert 0 < expected < 1
     assert logged(trainer, "pdl_neutral_share")[0] == pytest.approx(expected.item(), rel=1e-5)
 
-    plain = train(
+    no_neutral = train(
         tiny_model_dir,
-        cpu_config(output_dir=cpu_config().output_dir + "-plain", max_steps=1),
+        cpu_config(output_dir=cpu_config().output_dir + "-no-neutral", pdl_neutral_special_tokens=False, max_steps=1),
         prompt_completion_dataset(8),
     )
-    assert logged(plain, "pdl_neutral_share") == [0.0]
+    assert logged(no_neutral, "pdl_neutral_share") == [0.0]
 
 
 def test_named_neutral_tokens(tiny_model_dir, tiny_tokenizer, cpu_config):
@@ -668,8 +679,8 @@ def test_named_neutral_tokens(tiny_model_dir, tiny_tokenizer, cpu_config):
     (dot,) = tiny_tokenizer.encode(".")
     trainer = PDLSFTTrainer(
         str(tiny_model_dir),
-        # A vocabulary entry, a text of one token and an id
-        args=cpu_config(pdl_neutral_tokens=["<|im_end|>", " The", dot]),
+        # A vocabulary entry, a text of one token and an id; the special tokens not neutral, to see only these
+        args=cpu_config(pdl_neutral_special_tokens=False, pdl_neutral_tokens=["<|im_end|>", " The", dot]),
         train_dataset=prompt_completion_dataset(16),
     )
     assert torch.nonzero(trainer.pdl_neutral_mask).squeeze(1).tolist() == sorted(
@@ -750,7 +761,7 @@ def test_resume_with_other_pdl_settings_is_refused(tiny_model_dir, cpu_config):
         saved = json.load(f)
     assert saved["pdl_alpha"] == 1.0 and saved["neutral_token_ids"] == first.pdl_settings["neutral_token_ids"]
 
-    for changed in [{"pdl_alpha": 0.5}, {"pdl_mix": 0.5}, {"pdl_neutral_special_tokens": True}, {"pdl_epsilon": 2.0}]:
+    for changed in [{"pdl_alpha": 0.5}, {"pdl_mix": 0.5}, {"pdl_neutral_special_tokens": False}, {"pdl_epsilon": 2.0}]:
         trainer = PDLSFTTrainer(
             str(tiny_model_dir),
             args=cpu_config(max_steps=2, **{"pdl_alpha": 1.0, **changed}),

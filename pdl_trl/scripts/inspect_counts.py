@@ -2,8 +2,9 @@
 `pdl-trl inspect`: what the PDL weights of a counts file do at a given alpha and epsilon, before training.
 
 ```bash
-pdl-trl inspect counts.json --alpha 0.5 --epsilon 1.0 --output weights.png
-pdl-trl inspect counts.json --alpha 1.0 --neutral_special_tokens --mix 0.5
+pdl-trl inspect counts.json --output weights.png                  # the trainer's defaults
+pdl-trl inspect counts.json --alpha 1.0 --no_neutral_special_tokens  # the paper's formula
+pdl-trl inspect counts.json --alpha 1.0 --mix 0.5
 ```
 
 Prints the share of the total weight (`sum count * w`) carried by the rarest 1% and 10% of the seen token types and
@@ -20,6 +21,7 @@ import sys
 import numpy as np
 import torch
 
+from pdl_trl import PDLSFTConfig
 from pdl_trl.atomic import write_atomically
 from pdl_trl.frequency import TokenCounts, neutral_token_ids, tokenizer_fingerprint
 from pdl_trl.loss import power_law_weights
@@ -130,7 +132,7 @@ def plot_weights(counts: np.ndarray, weights: np.ndarray, alpha: float, epsilon:
     plt.close(fig)
 
 
-def _load_tokenizer(name: str, token_counts: TokenCounts, explicit: bool):
+def _load_tokenizer(name: str, token_counts: TokenCounts, explicit: bool, wants_neutral: bool):
     """The tokenizer to decode with; refuses one that the counts were not made with."""
     from transformers import AutoTokenizer
 
@@ -139,6 +141,12 @@ def _load_tokenizer(name: str, token_counts: TokenCounts, explicit: bool):
     except OSError as error:
         if explicit:
             raise
+        if wants_neutral:
+            raise OSError(
+                f"Cannot load the counts' tokenizer {name!r} ({error}), which names the neutral tokens. Pass "
+                "`--tokenizer PATH` (the tokenizer the counts were made with), or `--no_neutral_special_tokens` "
+                "without `--neutral_tokens` to weigh every token by the formula."
+            ) from error
         print(f"Showing token ids: cannot load the counts' tokenizer {name!r} ({error}). Pass `--tokenizer PATH`.")
         return None
     fingerprint = tokenizer_fingerprint(tokenizer)
@@ -164,8 +172,18 @@ def _token_lines(ids, counts, weights, tokenizer) -> list[str]:
 def make_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("counts", help="Counts file (JSON from `pdl-trl count` or a run's `pdl_counts.json`).")
-    parser.add_argument("--alpha", type=float, default=1.0, help="PDL decay exponent (`pdl_alpha`). Default: 1.0.")
-    parser.add_argument("--epsilon", type=float, default=1.0, help="PDL smoothing (`pdl_epsilon`). Default: 1.0.")
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        default=PDLSFTConfig.pdl_alpha,
+        help=f"PDL decay exponent (`pdl_alpha`). Default: {PDLSFTConfig.pdl_alpha}.",
+    )
+    parser.add_argument(
+        "--epsilon",
+        type=float,
+        default=PDLSFTConfig.pdl_epsilon,
+        help=f"PDL smoothing (`pdl_epsilon`). Default: {PDLSFTConfig.pdl_epsilon}.",
+    )
     parser.add_argument(
         "--tokenizer",
         default=None,
@@ -174,12 +192,25 @@ def make_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument(
         "--neutral_special_tokens",
         action="store_true",
-        help="Weigh the tokenizer's special tokens at the mean (`pdl_neutral_special_tokens`).",
+        default=PDLSFTConfig.pdl_neutral_special_tokens,
+        help="Weigh the tokenizer's special tokens at the mean (`pdl_neutral_special_tokens`). "
+        f"Default: {PDLSFTConfig.pdl_neutral_special_tokens}.",
+    )
+    parser.add_argument(
+        "--no_neutral_special_tokens",
+        action="store_false",
+        dest="neutral_special_tokens",
+        help="Weigh the special tokens by the formula, as the paper does.",
     )
     parser.add_argument(
         "--neutral_tokens", nargs="+", default=None, help="More tokens weighed at the mean (`pdl_neutral_tokens`)."
     )
-    parser.add_argument("--mix", type=float, default=1.0, help="Mix toward plain SFT (`pdl_mix`). Default: 1.0.")
+    parser.add_argument(
+        "--mix",
+        type=float,
+        default=PDLSFTConfig.pdl_mix,
+        help=f"Mix toward plain SFT (`pdl_mix`). Default: {PDLSFTConfig.pdl_mix}.",
+    )
     parser.add_argument("--output", default=None, help="Write a PNG of weight against frequency rank here.")
     parser.add_argument(
         "--batch_tokens", type=int, default=4096, help="Batch size, in tokens, of the effective-sample-size figure."
@@ -203,7 +234,7 @@ def main(argv: list[str] | None = None) -> dict:
     counts = token_counts.counts
     tokenizer_name = args.tokenizer or token_counts.tokenizer
     wants_neutral = args.neutral_special_tokens or args.neutral_tokens
-    tokenizer = _load_tokenizer(tokenizer_name, token_counts, explicit=args.tokenizer is not None or wants_neutral)
+    tokenizer = _load_tokenizer(tokenizer_name, token_counts, args.tokenizer is not None, wants_neutral)
     neutral_ids = []
     if wants_neutral:
         neutral_ids = neutral_token_ids(tokenizer, args.neutral_special_tokens, args.neutral_tokens, len(counts))
