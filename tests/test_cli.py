@@ -404,33 +404,21 @@ def test_inspect_and_demo_defaults_are_the_trainers():
     from pdl_trl.demo import parse_args as demo_args
     from pdl_trl.scripts.inspect_counts import make_parser as inspect_parser
 
+    trainer_defaults = (PDLSFTConfig.pdl_alpha, PDLSFTConfig.pdl_neutral_special_tokens, PDLSFTConfig.pdl_mix)
     inspect = inspect_parser().parse_args(["counts.json"])
-    demo = demo_args([])
-    for alpha, neutral, mix in [
-        (inspect.alpha, inspect.neutral_special_tokens, inspect.mix),
-        (demo.alpha, demo.neutral_special_tokens, demo.mix),
-    ]:
-        assert (alpha, neutral, mix) == (
-            PDLSFTConfig.pdl_alpha,
-            PDLSFTConfig.pdl_neutral_special_tokens,
-            PDLSFTConfig.pdl_mix,
-        )
+    for args in (inspect, demo_args([])):
+        assert (args.alpha, args.neutral_special_tokens, args.mix) == trainer_defaults
     assert inspect.epsilon == PDLSFTConfig.pdl_epsilon
     assert inspect_parser().parse_args(["c.json", "--no_neutral_special_tokens"]).neutral_special_tokens is False
     assert demo_args(["--no-neutral-special-tokens"]).neutral_special_tokens is False
 
 
 def test_sft_command_turns_neutral_special_tokens_off(tmp_path):
-    _, training_args, _, _ = parse_script_args(
-        sft_script.make_parser(),
-        ["--model_name_or_path", "m", "--dataset_name", "d", "--output_dir", str(tmp_path), "--use_cpu"],
-    )
+    argv = ["--model_name_or_path", "m", "--dataset_name", "d", "--output_dir", str(tmp_path), "--use_cpu"]
+    _, training_args, _, _ = parse_script_args(sft_script.make_parser(), argv)
     assert training_args.pdl_neutral_special_tokens is True  # the default, as PDLSFTConfig's
-    _, paper, _, _ = parse_script_args(
-        sft_script.make_parser(),
-        ["--model_name_or_path", "m", "--dataset_name", "d", "--output_dir", str(tmp_path), "--use_cpu"]
-        + ["--pdl_alpha", "1.0", "--no_pdl_neutral_special_tokens"],
-    )
+    paper_argv = argv + ["--pdl_alpha", "1.0", "--no_pdl_neutral_special_tokens"]
+    _, paper, _, _ = parse_script_args(sft_script.make_parser(), paper_argv)
     assert paper.pdl_neutral_special_tokens is False and paper.pdl_alpha == 1.0
 
 
