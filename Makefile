@@ -1,5 +1,5 @@
 # The two set-up commands of README.md, for a fresh machine with Python >= 3.11:
-#   make demo   fine-tune SmolLM2-135M-Instruct with PDL on CPU (a few minutes; DEMO_ARGS="--steps 60" to change it)
+#   make demo   fine-tune SmolLM2-135M-Instruct with PDL on CPU (a few minutes; DEMO_ARGS="--max_steps 60" to change it)
 #   make test   the test suite, CPU only, offline
 # Both create (or reuse) .venv and install the package into it.
 

@@ -1,7 +1,8 @@
-import math
 from dataclasses import dataclass, field
 
 from trl import SFTConfig
+
+from pdl_trl.weights import PDLSettings
 
 
 @dataclass
@@ -43,11 +44,11 @@ class PDLSFTConfig(SFTConfig):
     """
 
     pdl_alpha: float = field(
-        default=0.25,
+        default=PDLSettings.pdl_alpha,
         metadata={"help": "PDL decay exponent: w(t) = 1 / (count(t) + epsilon) ** alpha. 0 is plain SFT."},
     )
     pdl_epsilon: float = field(
-        default=1.0,
+        default=PDLSettings.pdl_epsilon,
         metadata={"help": "PDL smoothing added to every token count, in count units (1.0 = add-one)."},
     )
     pdl_counts_path: str | None = field(
@@ -62,7 +63,7 @@ class PDLSFTConfig(SFTConfig):
     )
 
     pdl_neutral_special_tokens: bool = field(
-        default=True,
+        default=PDLSettings.pdl_neutral_special_tokens,
         metadata={
             "help": "Weigh every special token (EOS, end-of-turn, template markers) at the mean weight of a target "
             "token, so that it keeps its plain-SFT share of the loss. `--no_pdl_neutral_special_tokens` is the "
@@ -76,38 +77,13 @@ class PDLSFTConfig(SFTConfig):
         },
     )
     pdl_mix: float = field(
-        default=1.0,
+        default=PDLSettings.pdl_mix,
         metadata={"help": "PDL share of each weight, mixed with plain SFT's: 1.0 is PDL, 0.0 plain SFT."},
     )
 
     def __post_init__(self):
-        for name, value in {
-            "pdl_alpha": self.pdl_alpha,
-            "pdl_epsilon": self.pdl_epsilon,
-            "pdl_mix": self.pdl_mix,
-        }.items():
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"`{name}` must be a number, got {value!r} ({type(value).__name__}).")
-        if not (math.isfinite(self.pdl_alpha) and self.pdl_alpha >= 0):
-            raise ValueError(f"`pdl_alpha` must be a finite number >= 0, got {self.pdl_alpha}. Use 0.0 for plain SFT.")
-        if not (math.isfinite(self.pdl_epsilon) and self.pdl_epsilon > 0):
-            raise ValueError(
-                f"`pdl_epsilon` must be a finite number > 0, got {self.pdl_epsilon}. It is added to token counts; "
-                "1.0 (add-one smoothing) is the default."
-            )
-        if not (math.isfinite(self.pdl_mix) and 0 <= self.pdl_mix <= 1):
-            raise ValueError(f"`pdl_mix` must be in [0, 1] (1.0 is PDL, 0.0 plain SFT), got {self.pdl_mix}.")
-        if isinstance(self.pdl_neutral_tokens, str | int):
-            raise ValueError(
-                f"`pdl_neutral_tokens` is a list of tokens, got {self.pdl_neutral_tokens!r}: write "
-                f"`[{self.pdl_neutral_tokens!r}]`."
-            )
-        for token in self.pdl_neutral_tokens or []:
-            if isinstance(token, bool) or not isinstance(token, str | int):
-                raise ValueError(
-                    f"`pdl_neutral_tokens` takes token strings or integer ids, got {token!r}. Write ids as integers "
-                    "and tokens as strings, e.g. `['<|im_end|>', 198]`."
-                )
+        # The PDL fields are checked where every front end checks them
+        PDLSettings.of(self)
         if self.label_smoothing_factor > 0:
             raise ValueError(
                 "`label_smoothing_factor` > 0 spreads loss over every vocabulary entry, which per-target "

@@ -89,10 +89,11 @@ def load_dataset_splits(
 
 
 def get_split(dataset: DatasetDict | IterableDatasetDict, split: str, option: str) -> Dataset | IterableDataset:
-    """`dataset[split]`, with an error that names the splits there are and the option that chose it."""
+    """`dataset[split]`, with an error that names the splits there are and the option that chose it, as the user
+    wrote it (`--dataset_train_split`, or a config key)."""
     if split not in dataset:
         splits = sorted(dataset)
         if splits == ["train"]:
             splits = "only `train`: a single file, or a `Dataset` saved with `save_to_disk`, is one split"
-        raise ValueError(f"The dataset has no split {split!r}; it has {splits}. Choose one with `--{option}`.")
+        raise ValueError(f"The dataset has no split {split!r}; it has {splits}. Choose one with {option}.")
     return dataset[split]

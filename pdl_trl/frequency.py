@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, IterableDataset
+from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from pdl_trl.atomic import write_text_atomically
@@ -165,6 +166,23 @@ def _count_masked(dataset: Dataset, vocab_size: int, batch_size: int) -> np.ndar
     return counts
 
 
+def count_streamed_completion_tokens(
+    stream: IterableDataset, vocab_size: int, *, batch_size: int = 1024, show_progress: bool = True
+) -> np.ndarray:
+    """
+    [`count_completion_tokens`] of a prepared `IterableDataset` (streaming), read once, batch by batch: for
+    `pdl-trl count`, since a trainer does not read a whole stream before training.
+    """
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    with tqdm(desc="Counting completion tokens", unit=" rows", disable=not show_progress) as bar:
+        for batch in stream.iter(batch_size=batch_size):
+            # A mapped stream does not know its columns in advance: keep those counting reads
+            batch = {column: batch[column] for column in ("labels", "seq_lengths") if column in batch}
+            counts += count_completion_tokens(Dataset.from_dict(batch), vocab_size)
+            bar.update(len(batch["labels"]))
+    return counts
+
+
 def first_targets(dataset: Dataset | IterableDataset, rows: int = 1024) -> np.ndarray:
     """The next-token targets (labels after each sequence's first position, `-100` included) of the first `rows`
     rows: a cheap sample for checks made before counting."""
@@ -182,47 +200,6 @@ def first_targets(dataset: Dataset | IterableDataset, rows: int = 1024) -> np.nd
 def has_masked_targets(dataset: Dataset | IterableDataset, rows: int = 1024) -> bool:
     """Whether any target among the first `rows` rows is -100: false for plain language-model text."""
     return bool((first_targets(dataset, rows) == IGNORE_INDEX).any())
-
-
-def neutral_token_ids(
-    tokenizer: PreTrainedTokenizerBase, special_tokens: bool, tokens: list[str | int] | None, vocab_size: int
-) -> list[int]:
-    """
-    Ids of the tokens that PDL weighs at the mean (`pdl_neutral_special_tokens`, `pdl_neutral_tokens`), sorted.
-
-    Args:
-        tokenizer: the training tokenizer.
-        special_tokens (`bool`): include every token the tokenizer declares special: its named special tokens (EOS,
-            BOS, PAD, ...) and every added token marked special (chat-template markers such as `<|im_end|>`).
-        tokens (`list[str | int]` or `None`): more tokens: an integer is an id; a string is a vocabulary entry
-            (`"<|im_end|>"`, `"Ċ"`) or else a text that the tokenizer encodes to exactly one token (`"\n"`).
-        vocab_size (`int`): rows of the PDL table; ids must be below it.
-    """
-    ids = set()
-    if special_tokens:
-        ids.update(tokenizer.all_special_ids)
-        ids.update(i for i, added in tokenizer.added_tokens_decoder.items() if added.special)
-    vocab = tokenizer.get_vocab()
-    for token in tokens or []:
-        if isinstance(token, int):
-            token_id = token
-        elif token in vocab:
-            token_id = vocab[token]
-        else:
-            encoded = tokenizer.encode(token, add_special_tokens=False)
-            if len(encoded) != 1:
-                raise ValueError(
-                    f"`pdl_neutral_tokens` entry {token!r} is {len(encoded)} tokens ({encoded}), not one. Name single "
-                    "tokens: a vocabulary entry, a text of one token, or an integer id."
-                )
-            (token_id,) = encoded
-        if not 0 <= token_id < vocab_size:
-            raise ValueError(
-                f"`pdl_neutral_tokens` entry {token!r} is id {token_id}, outside the model's {vocab_size} output rows."
-            )
-        ids.add(token_id)
-    # Special tokens beyond the output rows cannot be targets
-    return sorted(i for i in ids if i < vocab_size)
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:

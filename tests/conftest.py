@@ -59,7 +59,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """Tokenizer and tiny Qwen2 saved together; the output embedding has `len(tokenizer) + 24` rows."""
-    from tiny import save_tiny_model
+    from helpers.tiny import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
@@ -77,5 +77,37 @@ def cpu_config(tmp_path):
 
     def factory(config_class=None, output_dir=None, **overrides):
         return make_cpu_config(output_dir or tmp_path / "out", config_class, **overrides)
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """Local jsonl files: prompt-completion `pc.jsonl`, conversational `chat.jsonl`, language-model `text.jsonl`."""
+    from helpers.files import conversational_rows, write_jsonl
+    from helpers.tiny import make_rows
+
+    directory = tmp_path_factory.mktemp("data")
+    write_jsonl(directory / "pc.jsonl", make_rows(32))
+    write_jsonl(directory / "chat.jsonl", conversational_rows(32))
+    write_jsonl(directory / "text.jsonl", [{"text": r["prompt"] + r["completion"]} for r in make_rows(16)])
+    return directory
+
+
+@pytest.fixture
+def sft_yaml(tmp_path, tiny_model_dir, data_dir):
+    """Factory: a training config file for the tiny model and a local jsonl, with `overrides`."""
+    from helpers.files import CPU_YAML, write_yaml
+
+    def factory(dataset="pc.jsonl", **overrides):
+        values = {
+            "model_name_or_path": str(tiny_model_dir),
+            "dataset_name": str(data_dir / dataset),
+            "output_dir": str(tmp_path / "run"),
+            **CPU_YAML,
+            "pdl_alpha": 0.5,
+            **overrides,
+        }
+        return write_yaml(tmp_path / "sft.yaml", **values)
 
     return factory

@@ -148,7 +148,7 @@ class FullLogitsPDLTrainer(PDLSFTTrainer):
         loss_sum = F.cross_entropy(
             logits[:, :-1].float().reshape(-1, vocab_size),
             labels[:, 1:].reshape(-1),
-            weight=self.pdl_weights,
+            weight=self.pdl_table.weights,
             ignore_index=IGNORE_INDEX,
             reduction="sum",
         )

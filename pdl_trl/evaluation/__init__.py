@@ -5,11 +5,12 @@ Evaluation of what a fine-tuned model generates, one module per step of `pdl-trl
 - `generation`: model (+ adapter) → completions for the prompts, and the reference NLL;
 - `tokens`: prompts, completions and texts → token ids, as TRL's SFTTrainer builds them (for generation and
   scoring);
-- `scoring`: generations (+ references, counts) → metrics, computed by the pure functions of `metrics`;
+- `metrics`: per-example statistics → every metric, defined once for a whole set and for any resample of it;
+- `scoring`: generations (+ references, counts) → per-example statistics → metrics;
 - `files`: generations jsonl and metrics JSON, written and read back;
 - `report`: the metrics of several runs → a markdown table and a bar chart;
-- `statistics`: generations rows → per-example sufficient statistics of every metric → paired bootstrap intervals of
-  differences between runs, and the rule for when a difference counts (`pdl-trl sweep`).
+- `statistics`: the runs' per-example statistics → paired bootstrap intervals of differences between runs, and the
+  rule for when a difference counts (`pdl-trl sweep`).
 
 The commands on top are `pdl_trl/scripts/eval.py`, `compare.py` and `sweep.py`. Every public name is re-exported
 here, so `from pdl_trl.evaluation import distinct_n` works as it always did.
@@ -39,10 +40,12 @@ from pdl_trl.evaluation.heldout import eval_rows, load_eval_rows, load_eval_spli
 from pdl_trl.evaluation.metrics import (
     DEFAULT_RARE_MASS,
     METRIC_NAMES,
+    RunStatistics,
     chrf,
     chrf_from_statistics,
     chrf_statistics,
     distinct_n,
+    example_statistics,
     mean_length,
     mean_self_information,
     mean_token_nll,
@@ -58,15 +61,15 @@ from pdl_trl.evaluation.metrics import (
     unigram_entropy,
 )
 from pdl_trl.evaluation.report import default_labels, markdown_table, metric_names, plot
-from pdl_trl.evaluation.scoring import evaluate_model, load_counts, score, score_generation_rows
-from pdl_trl.evaluation.statistics import (
-    Difference,
-    RunStatistics,
-    bootstrap_indices,
-    multiplicities,
-    paired_bootstrap,
+from pdl_trl.evaluation.scoring import (
+    evaluate_model,
+    load_counts,
     run_statistics,
+    score,
+    score_generation_rows,
+    statistics_of_texts,
 )
+from pdl_trl.evaluation.statistics import Difference, bootstrap_indices, multiplicities, paired_bootstrap
 from pdl_trl.evaluation.tokens import completion_text, prompt_token_ids, reference_token_ids, text_token_ids
 
 
@@ -89,6 +92,7 @@ __all__ = [
     "eval_result",
     "eval_rows",
     "evaluate_model",
+    "example_statistics",
     "generate_completions",
     "json_text",
     "load_counts",
@@ -121,6 +125,7 @@ __all__ = [
     "score",
     "score_generation_rows",
     "self_information_table",
+    "statistics_of_texts",
     "termination_rate",
     "text_token_ids",
     "token_nll_sum",

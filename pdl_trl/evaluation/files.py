@@ -92,5 +92,7 @@ def load_metrics(path: str | os.PathLike) -> dict[str, float]:
     with open(path) as f:
         content = json.load(f)
     if content.get("format") != EVAL_FORMAT:
-        raise ValueError(f"{path} is not a `pdl-trl eval` metrics file: write one with `pdl-trl eval --output`.")
+        raise ValueError(
+            f"{path} is not a `pdl-trl eval` metrics file: write one with `pdl-trl eval --metrics_output`."
+        )
     return {k: math.nan if v is None else float(v) for k, v in content["metrics"].items()}

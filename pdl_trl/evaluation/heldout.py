@@ -8,16 +8,19 @@ from datasets import Dataset
 from pdl_trl.data_loading import get_split, load_dataset_splits
 
 
-def load_eval_split(name: str, split: str | None = None, config: str | None = None) -> tuple[str, Dataset]:
+def load_eval_split(
+    name: str, split: str | None = None, config: str | None = None, option: str = "`split`"
+) -> tuple[str, Dataset]:
     """
     `(split, dataset)`: the split of a held-out set to evaluate and its name. The set is a data file (one split,
     `train`), a `save_to_disk` folder, a data folder or a Hub dataset (with `config`). A given `split` must exist;
-    by default it is the set's only split, or `test` when it has several.
+    by default it is the set's only split, or `test` when it has several. `option` is how the user chose the split,
+    for the error that names the splits there are.
     """
     splits = load_dataset_splits(name, config)
     if split is None:
         split = next(iter(splits)) if len(splits) == 1 else "test"
-    return split, get_split(splits, split, "split")
+    return split, get_split(splits, split, option)
 
 
 def eval_rows(dataset: Dataset, max_samples: int | None = None) -> list[dict]:

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pdl_trl.atomic import write_atomically
-from pdl_trl.evaluation.metrics import METRIC_NAMES, import_extra
+from pdl_trl.evaluation.metrics import METRIC_NAMES
+from pdl_trl.extras import import_extra
 
 
 def default_labels(paths: Sequence[str | os.PathLike]) -> list[str]:

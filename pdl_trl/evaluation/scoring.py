@@ -1,9 +1,9 @@
 """
 The scoring step of evaluation: generations (and their references, a counts file, a model for the reference NLL) →
-metrics. [`evaluate_model`] generates first; [`score_generation_rows`] scores the rows of a generations file.
+per-example statistics → metrics ([`~pdl_trl.evaluation.metrics.RunStatistics`], the one definition of every metric).
+[`evaluate_model`] generates first; [`score_generation_rows`] scores the rows of a generations file.
 """
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -11,19 +11,11 @@ import numpy as np
 from pdl_trl.evaluation.generation import generate_completions, reference_nll_sums
 from pdl_trl.evaluation.metrics import (
     DEFAULT_RARE_MASS,
-    chrf,
-    distinct_n,
-    mean_length,
-    mean_self_information,
-    mean_token_nll,
-    ordered_metrics,
+    RunStatistics,
+    example_statistics,
     rare_count_threshold,
     rare_token_mask,
-    rare_token_rate,
-    rare_token_recall,
-    rouge_l,
-    termination_rate,
-    unigram_entropy,
+    self_information_table,
 )
 from pdl_trl.evaluation.tokens import completion_text, text_token_ids
 from pdl_trl.frequency import TokenCounts, tokenizer_fingerprint
@@ -44,6 +36,60 @@ def load_counts(path: str, tokenizer, vocab_rows: int | None = None) -> TokenCou
     return counts
 
 
+def statistics_of_texts(
+    generations: Sequence[str],
+    tokenizer,
+    *,
+    references: Sequence[str] | None = None,
+    counts: np.ndarray | None = None,
+    rare_mass: float = DEFAULT_RARE_MASS,
+    terminated: Sequence[bool] | None = None,
+    nll_sums: Sequence[float] | None = None,
+    nll_tokens: Sequence[int] | None = None,
+) -> RunStatistics:
+    """
+    Per-example statistics of generated texts, measured in `tokenizer`'s tokens (special tokens removed): with
+    `references` the overlap metrics, with `counts` the frequency metrics (and with both, rare-token recall), with
+    `terminated` the termination rate, with the references' NLL sums and token counts the reference NLL.
+    """
+    information = rare_mask = reference_ids = None
+    if counts is not None:
+        information, rare_mask = self_information_table(counts), rare_token_mask(counts, rare_mass)
+        if references is not None:
+            reference_ids = text_token_ids(tokenizer, references)
+    return example_statistics(
+        text_token_ids(tokenizer, generations),
+        terminated=terminated,
+        generations=generations,
+        references=references,
+        information=information,
+        rare_mask=rare_mask,
+        reference_ids=reference_ids,
+        nll_sums=nll_sums,
+        nll_tokens=nll_tokens,
+    )
+
+
+def run_statistics(
+    rows: Sequence[dict], tokenizer, *, counts: np.ndarray | None = None, rare_mass: float = DEFAULT_RARE_MASS
+) -> RunStatistics:
+    """
+    [`statistics_of_texts`] of generations rows (those of a generations file): `terminated` makes `termination_rate`
+    defined, `reference` the overlap metrics, `reference_nll_sum` and `reference_num_tokens` the reference NLL.
+    """
+    first = rows[0]
+    return statistics_of_texts(
+        [row["generation"] for row in rows],
+        tokenizer,
+        references=[completion_text(row["reference"]) for row in rows] if "reference" in first else None,
+        counts=counts,
+        rare_mass=rare_mass,
+        terminated=[row["terminated"] for row in rows] if "terminated" in first else None,
+        nll_sums=[row["reference_nll_sum"] for row in rows] if "reference_nll_sum" in first else None,
+        nll_tokens=[row["reference_num_tokens"] for row in rows] if "reference_nll_sum" in first else None,
+    )
+
+
 def score(
     generations: Sequence[str],
     tokenizer,
@@ -59,43 +105,35 @@ def score(
     text ended at EOS or at the token limit cannot be told from the text.
 
     Returns:
-        `(metrics, details)`: metrics keyed as in `METRIC_NAMES` (those that apply), and details of how the
-        frequency metrics were computed (`rare_count_threshold`, `rare_vocab_entries`).
+        `(metrics, details)`: metrics keyed as in `METRIC_NAMES` (those that apply), and details of how they were
+        computed (`num_examples`, `num_generated_tokens`; with counts `rare_count_threshold`, `rare_vocab_entries`).
     """
-    gen_ids = text_token_ids(tokenizer, generations)
-    metrics = {
-        "termination_rate": math.nan if terminated is None else termination_rate(terminated),
-        "mean_generation_length": mean_length(gen_ids),
-        "distinct_1": distinct_n(gen_ids, 1),
-        "distinct_2": distinct_n(gen_ids, 2),
-        "unigram_entropy": unigram_entropy(gen_ids),
-    }
-    details: dict = {"num_examples": len(generations), "num_generated_tokens": sum(len(ids) for ids in gen_ids)}
+    statistics = statistics_of_texts(
+        generations, tokenizer, references=references, counts=counts, rare_mass=rare_mass, terminated=terminated
+    )
+    return statistics.whole_set_metrics(), _details(statistics, counts, rare_mass)
+
+
+def _details(statistics: RunStatistics, counts: np.ndarray | None, rare_mass: float) -> dict:
+    details: dict = {"num_examples": statistics.num_examples, "num_generated_tokens": int(statistics.lengths.sum())}
     if counts is not None:
-        mask = rare_token_mask(counts, rare_mass)
-        metrics["mean_self_information"] = mean_self_information(gen_ids, counts)
-        metrics["rare_token_rate"] = rare_token_rate(gen_ids, mask)
         details.update(
             rare_mass=rare_mass,
             rare_count_threshold=rare_count_threshold(counts, rare_mass),
-            rare_vocab_entries=int(mask.sum()),
+            rare_vocab_entries=int(rare_token_mask(counts, rare_mass).sum()),
         )
-    if references is not None:
-        if counts is not None:
-            metrics["rare_token_recall"] = rare_token_recall(gen_ids, text_token_ids(tokenizer, references), mask)
-        metrics["rouge_l"] = rouge_l(generations, references)
-        metrics["chrf"] = chrf(generations, references)
-    return metrics, details
+    return details
 
 
-def _reference_nll_sums(model, tokenizer, rows: Sequence[dict], batch_size: int, show_progress: bool):
+def _add_reference_nll(model, tokenizer, rows: list[dict], batch_size: int, show_progress: bool) -> None:
+    """Writes each row's reference NLL sum and token count into it (`reference_nll_sum`, `reference_num_tokens`)."""
     without_prompt = [i for i, row in enumerate(rows) if row.get("prompt") is None]
     if without_prompt:
         raise ValueError(
             f"Reference NLL needs the prompt of every row; row {without_prompt[0]} has none ({len(without_prompt)} "
             "rows in all): add `prompt`, or pass --no_reference_nll."
         )
-    return reference_nll_sums(
+    sums = reference_nll_sums(
         model,
         tokenizer,
         [row["prompt"] for row in rows],
@@ -103,6 +141,8 @@ def _reference_nll_sums(model, tokenizer, rows: Sequence[dict], batch_size: int,
         batch_size=batch_size,
         show_progress=show_progress,
     )
+    for row, (nll_sum, num_tokens) in zip(rows, sums, strict=True):
+        row["reference_nll_sum"], row["reference_num_tokens"] = nll_sum, num_tokens
 
 
 def score_generation_rows(
@@ -118,25 +158,17 @@ def score_generation_rows(
 ) -> tuple[dict[str, float], dict]:
     """
     Metrics of generations rows `{"prompt", "generation", "terminated", "reference"}` (those of a generations file;
-    `terminated` and `reference` each in every row or in none).
+    `terminated` and `reference` each in every row or in none). The reference NLL is computed with `model`, when one is
+    given, the rows have references and `with_reference_nll` is set; otherwise it is not reported.
 
     Returns:
-        `(metrics, details)`: as [`score`], plus `reference_nll` when a `model` is given, the rows have references
-        and `with_reference_nll` is set; in the order of `METRIC_NAMES`.
+        `(metrics, details)`: as [`score`], in the order of `METRIC_NAMES`.
     """
-    references = [completion_text(row["reference"]) for row in rows] if "reference" in rows[0] else None
-    metrics, details = score(
-        [row["generation"] for row in rows],
-        tokenizer,
-        references=references,
-        counts=counts,
-        rare_mass=rare_mass,
-        terminated=[row["terminated"] for row in rows] if "terminated" in rows[0] else None,
-    )
-    if with_reference_nll and model is not None and references is not None:
-        sums = _reference_nll_sums(model, tokenizer, rows, batch_size, show_progress)
-        metrics["reference_nll"] = mean_token_nll(sums)
-    return ordered_metrics(metrics), details
+    rows = [{k: v for k, v in row.items() if k not in ("reference_nll_sum", "reference_num_tokens")} for row in rows]
+    if with_reference_nll and model is not None and "reference" in rows[0]:
+        _add_reference_nll(model, tokenizer, rows, batch_size, show_progress)
+    statistics = run_statistics(rows, tokenizer, counts=counts, rare_mass=rare_mass)
+    return statistics.whole_set_metrics(), _details(statistics, counts, rare_mass)
 
 
 def evaluate_model(
@@ -187,10 +219,7 @@ def evaluate_model(
     if has_references:
         for out, row in zip(generation_rows, rows, strict=True):
             out["reference"] = row["completion"]
-    metrics, details = score_generation_rows(generation_rows, tokenizer, counts=counts, rare_mass=rare_mass)
-    if with_reference_nll and has_references:
-        sums = _reference_nll_sums(model, tokenizer, generation_rows, batch_size, show_progress)
-        for out, (nll_sum, num_tokens) in zip(generation_rows, sums, strict=True):
-            out["reference_nll_sum"], out["reference_num_tokens"] = nll_sum, num_tokens
-        metrics["reference_nll"] = mean_token_nll(sums)
-    return ordered_metrics(metrics), details, generation_rows
+        if with_reference_nll:
+            _add_reference_nll(model, tokenizer, generation_rows, batch_size, show_progress)
+    statistics = run_statistics(generation_rows, tokenizer, counts=counts, rare_mass=rare_mass)
+    return statistics.whole_set_metrics(), _details(statistics, counts, rare_mass), generation_rows

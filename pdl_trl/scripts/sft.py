@@ -26,52 +26,20 @@ torchrun --nproc_per_node 2 -m pdl_trl.scripts.sft --config examples/lora_bf16.y
 
 import argparse
 
+from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, TrlParser
 
-def make_trainer(script_args, training_args, model_args, dataset_args):
-    """
-    The [`PDLSFTTrainer`] that `pdl-trl sft` trains: the model (quantized, with the PEFT adapter) created from
-    `model_args` by name, and the dataset loaded as `trl sft` loads it. Sets `training_args.model_init_kwargs` from
-    `model_args`, as `trl/scripts/sft.py` does.
-    """
-    from trl import get_peft_config, get_quantization_config
-
-    from pdl_trl import PDLSFTTrainer
-    from pdl_trl.data_loading import get_split, load_dataset_splits
-
-    model_init_kwargs = dict(
-        revision=model_args.model_revision,
-        trust_remote_code=training_args.trust_remote_code,
-        attn_implementation=model_args.attn_implementation,
-        dtype=model_args.dtype,
-    )
-    if training_args.model_init_kwargs is not None:
-        model_init_kwargs.update(training_args.model_init_kwargs)
-    training_args.model_init_kwargs = model_init_kwargs
-
-    dataset = load_dataset_splits(
-        script_args.dataset_name,
-        script_args.dataset_config,
-        streaming=script_args.dataset_streaming,
-        mixture=dataset_args,
-    )
-    eval_dataset = None
-    if training_args.eval_strategy != "no":
-        eval_dataset = get_split(dataset, script_args.dataset_test_split, "dataset_test_split")
-
-    return PDLSFTTrainer(
-        model=model_args.model_name_or_path,
-        args=training_args,
-        train_dataset=get_split(dataset, script_args.dataset_train_split, "dataset_train_split"),
-        eval_dataset=eval_dataset,
-        quantization_config=get_quantization_config(model_args),
-        peft_config=get_peft_config(model_args),
-    )
+from pdl_trl.config import PDLSFTConfig
+from pdl_trl.frequency import COUNTS_FILE_NAME
+from pdl_trl.scripts.utils import config_launch_args, launch_option_names, parse_script_args
+from pdl_trl.spelling import command_line
+from pdl_trl.trainer import PDLSFTTrainer
+from pdl_trl.training import make_trainer
 
 
-def main(script_args, training_args, model_args, dataset_args):
-    from pdl_trl.frequency import COUNTS_FILE_NAME
-
-    trainer = make_trainer(script_args, training_args, model_args, dataset_args)
+@command_line
+def main(script_args, training_args, model_args, dataset_args, trainer_class: type[PDLSFTTrainer] = PDLSFTTrainer):
+    """Trains and saves as `trl/scripts/sft.py` does, with `trainer_class` (`PDLSFTTrainer` or a subclass)."""
+    trainer = make_trainer(script_args, training_args, model_args, dataset_args, trainer_class)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.accelerator.print("✅ Training completed.")
 
@@ -92,10 +60,6 @@ def main(script_args, training_args, model_args, dataset_args):
 
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
-    from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, TrlParser
-
-    from pdl_trl import PDLSFTConfig
-
     dataclass_types = (ScriptArguments, PDLSFTConfig, ModelConfig, DatasetMixtureConfig)
     if subparsers is not None:
         parser = subparsers.add_parser("sft", help="Run the PDL SFT training script", dataclass_types=dataclass_types)
@@ -117,6 +81,7 @@ def _subtract_subsequence(items: list[str], subsequence: list[str]) -> list[str]
     return result
 
 
+@command_line
 def run(argv: list[str]) -> int:
     """
     What `pdl-trl sft ARGS` runs: parses the arguments (so `-h` and errors come before any launch), then runs this
@@ -126,8 +91,6 @@ def run(argv: list[str]) -> int:
     """
     from accelerate.commands.launch import launch_command, launch_command_parser
     from trl.cli.accelerate_config import resolve_accelerate_config_argument
-
-    from pdl_trl.scripts.utils import config_launch_args, launch_option_names
 
     parser = make_parser(prog="pdl-trl sft")
     *_, config_remaining, cli_remaining = parser.parse_args_and_config(
@@ -146,6 +109,4 @@ def run(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from pdl_trl.scripts.utils import parse_script_args
-
     main(*parse_script_args(make_parser(prog="pdl-trl sft")))

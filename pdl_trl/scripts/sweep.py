@@ -21,6 +21,7 @@ import shlex
 import sys
 
 from pdl_trl.scripts.utils import parse_script_args
+from pdl_trl.spelling import command_line
 
 
 def make_parser(prog: str | None = None):
@@ -36,10 +37,11 @@ def make_parser(prog: str | None = None):
     )
 
 
+@command_line
 def main(argv: list[str] | None = None) -> dict:
     from tqdm.auto import tqdm
 
-    from pdl_trl.evaluation.metrics import check_eval_extra, import_extra
+    from pdl_trl.extras import check_eval_extra, import_extra
     from pdl_trl.sweep import check_config_file, plan_sweep, train_and_evaluate, write_report
 
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -1,4 +1,67 @@
-"""Helpers shared by the `pdl-trl` scripts: strict argument parsing and the `accelerate launch` options."""
+"""
+Helpers shared by the `pdl-trl` scripts: strict argument parsing, the `accelerate launch` options, the PDL settings as
+options of the commands that do not parse with TRL (`inspect`, the demo), and deprecated spellings.
+"""
+
+import argparse
+import warnings
+from dataclasses import fields
+
+from transformers.hf_argparser import string_to_bool
+
+from pdl_trl.config import PDLSFTConfig
+from pdl_trl.weights import PDLSettings
+
+
+class _DeprecatedOption(argparse.Action):
+    """An old spelling of an option: sets what the new one sets, with a `FutureWarning` naming the new one."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        warnings.warn(
+            f"`{option_string}` is deprecated and will be removed in the next release: use `{self.new}`.",
+            FutureWarning,
+            stacklevel=2,
+        )
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+
+
+def add_deprecated_option(parser: argparse.ArgumentParser, old: str, new: str, dest: str, **kwargs) -> None:
+    """
+    Adds `old` as a deprecated spelling of the option `new` (which stores into `dest`). `kwargs` are those of `new`
+    (`type`, `nargs`); a flag passes `nargs=0, const=value`.
+    """
+    parser.add_argument(old, action=_DeprecatedOption, new=new, dest=dest, help=argparse.SUPPRESS, **kwargs)
+
+
+def add_pdl_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """
+    The [`PDLSettings`] as options, spelled, defaulted and explained as `PDLSFTConfig`'s fields are by `pdl-trl sft`
+    (`--pdl_alpha`, `--pdl_neutral_special_tokens` / `--no_pdl_neutral_special_tokens`, ...).
+    """
+    helps = {f.name: f.metadata["help"] for f in fields(PDLSFTConfig)}
+    for name in ("pdl_alpha", "pdl_epsilon", "pdl_mix"):
+        default = getattr(PDLSettings, name)
+        parser.add_argument(f"--{name}", type=float, default=default, help=f"{helps[name]} Default: {default}.")
+    default = PDLSettings.pdl_neutral_special_tokens
+    parser.add_argument(
+        "--pdl_neutral_special_tokens",
+        type=string_to_bool,
+        nargs="?",
+        const=True,
+        default=default,
+        help=f"{helps['pdl_neutral_special_tokens']} Default: {default}.",
+    )
+    parser.add_argument("--no_pdl_neutral_special_tokens", action="store_false", dest="pdl_neutral_special_tokens")
+    parser.add_argument(
+        "--pdl_neutral_tokens",
+        nargs="+",
+        default=None,
+        help=helps["pdl_neutral_tokens"],
+    )
 
 
 def launch_option_names() -> set[str]:

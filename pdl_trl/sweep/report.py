@@ -12,9 +12,10 @@ import numpy as np
 
 from pdl_trl.atomic import write_atomically, write_text_atomically
 from pdl_trl.evaluation.files import read_generations, write_json
-from pdl_trl.evaluation.metrics import import_extra
-from pdl_trl.evaluation.statistics import CONFIDENCE, bootstrap_indices, paired_bootstrap, run_statistics
+from pdl_trl.evaluation.scoring import run_statistics
+from pdl_trl.evaluation.statistics import CONFIDENCE, bootstrap_indices, paired_bootstrap
 from pdl_trl.evaluation.tokens import completion_text
+from pdl_trl.extras import import_extra
 from pdl_trl.frequency import TokenCounts
 from pdl_trl.sweep.grid import RUN_FILE, Sweep
 from pdl_trl.sweep.runs import environment

@@ -22,8 +22,8 @@ from pdl_trl.evaluation.files import eval_result, write_generations, write_json
 from pdl_trl.evaluation.generation import merge_lora_for_inference
 from pdl_trl.evaluation.scoring import evaluate_model
 from pdl_trl.frequency import COUNTS_FILE_NAME, TokenCounts
-from pdl_trl.scripts.sft import make_trainer
 from pdl_trl.sweep.grid import RUN_FILE, RUN_FORMAT, Run, Sweep
+from pdl_trl.training import make_trainer
 
 
 PACKAGES = ("pdl-trl", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "sacrebleu", "rouge-score")
@@ -109,17 +109,8 @@ def evaluation_dtype(args) -> torch.dtype | None:
     return None
 
 
-def train_and_evaluate(sweep: Sweep, run: Run) -> dict:
-    """
-    Trains, saves and evaluates one run, and writes its `run.json` last. An earlier unfinished attempt's folder is
-    deleted first, so that nothing of it mixes in. Frequency metrics use the counts file of the sweep's first run (the
-    baseline of the first seed) once this run's counts are checked equal to it.
-
-    Returns:
-        `dict`: the content of the run's `run.json`.
-    """
-    if run.directory.exists():
-        shutil.rmtree(run.directory)
+def _train(sweep: Sweep, run: Run):
+    """Trains and saves one run (adapter, counts, settings) into its folder; returns the trainer and a summary."""
     started = time.perf_counter()
     # SFTTrainer creates the model and its LoRA adapter before Trainer seeds: seed first, so that every variant of a
     # seed starts from the same adapter, whatever ran before in this process
@@ -127,21 +118,33 @@ def train_and_evaluate(sweep: Sweep, run: Run) -> dict:
     trainer = make_trainer(sweep.script_args, run.config, sweep.model_args, sweep.dataset_args)
     trainer.train()
     trainer.save_model()
-    training = _training_summary(trainer, time.perf_counter() - started)
+    return trainer, _training_summary(trainer, time.perf_counter() - started)
 
+
+def _reference_counts(sweep: Sweep, run: Run) -> TokenCounts:
+    """The counts every run is measured with: the sweep's first run's, once this run's are checked equal to them."""
     counts = TokenCounts.load(run.directory / COUNTS_FILE_NAME)
-    if run is not sweep.runs[0]:
-        reference = TokenCounts.load(sweep.reference_counts_path)
-        _check_same_counts(run, counts, reference, sweep.reference_counts_path)
-        counts = reference
-    tokenizer = trainer.processing_class
+    if run is sweep.runs[0]:
+        return counts
+    reference = TokenCounts.load(sweep.reference_counts_path)
+    _check_same_counts(run, counts, reference, sweep.reference_counts_path)
+    return reference
+
+
+def _inference_model(trainer):
+    """The trained model, ready to generate: LoRA merged, cast to the half precision it trained in (if any)."""
     # The adapter is saved: merging it now only makes generation faster
     model = merge_lora_for_inference(trainer.model)
     dtype = evaluation_dtype(trainer.args)
     if dtype is not None:
         # Cast after merging: the adapter's update is merged in float32, then the whole model rounded once
         model = model.to(dtype)
-    metrics, timings = {}, {"train": training["seconds"]}
+    return model, dtype
+
+
+def _evaluate(sweep: Sweep, run: Run, model, tokenizer, dtype, counts: TokenCounts) -> tuple[dict, dict]:
+    """Evaluates on every eval set, writing each set's generations and metrics files; returns metrics and timings."""
+    metrics, timings = {}, {}
     for eval_set in sweep.eval_sets:
         eval_started = time.perf_counter()
         eval_metrics, details, rows = evaluate_model(
@@ -173,7 +176,24 @@ def train_and_evaluate(sweep: Sweep, run: Run) -> dict:
         write_json(run.metrics_path(eval_set.name), eval_result(eval_metrics, details, settings))
         metrics[eval_set.name] = eval_metrics
         timings[f"eval_{eval_set.name}"] = round(time.perf_counter() - eval_started, 1)
+    return metrics, timings
 
+
+def train_and_evaluate(sweep: Sweep, run: Run) -> dict:
+    """
+    Trains, saves and evaluates one run, and writes its `run.json` last. An earlier unfinished attempt's folder is
+    deleted first, so that nothing of it mixes in. Frequency metrics use the counts file of the sweep's first run (the
+    baseline of the first seed) once this run's counts are checked equal to it.
+
+    Returns:
+        `dict`: the content of the run's `run.json`.
+    """
+    if run.directory.exists():
+        shutil.rmtree(run.directory)
+    trainer, training = _train(sweep, run)
+    counts = _reference_counts(sweep, run)
+    model, dtype = _inference_model(trainer)
+    metrics, timings = _evaluate(sweep, run, model, trainer.processing_class, dtype, counts)
     content = {
         "format": RUN_FORMAT,
         "version": 1,
@@ -182,7 +202,7 @@ def train_and_evaluate(sweep: Sweep, run: Run) -> dict:
         "settings": run.settings,
         "training": training,
         "metrics": metrics,
-        "timings_s": timings,
+        "timings_s": {"train": training["seconds"], **timings},
         "environment": environment(run.config.use_cpu),
     }
     write_json(run.directory / RUN_FILE, content)

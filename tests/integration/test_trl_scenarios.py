@@ -24,10 +24,11 @@ import pytest
 import torch
 from conftest import make_cpu_config
 from datasets import Dataset
+from helpers.tiny import conversational_dataset, make_rows, prompt_completion_dataset, text_dataset
+from helpers.tiny_models import IMAGE_SIZE, save_causal_lm, save_llava, save_qwen2_5_vl
+from helpers.trainers import table_counts
 from PIL import Image
 from test_trainer import EXACT_SGD, logged, max_abs_diff, parameters
-from tiny import conversational_dataset, make_rows, prompt_completion_dataset, text_dataset
-from tiny_models import IMAGE_SIZE, save_causal_lm, save_llava, save_qwen2_5_vl
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
@@ -508,7 +509,7 @@ def test_scenario_trains_like_sft_trainer(scenario: Scenario, model_dirs, tmp_pa
     sft, pdl = run_both(scenario, model_dirs, tmp_path)
     assert_same_training(sft, pdl)
     if not scenario.counts_file:
-        assert torch.equal(pdl.pdl_counts, collated_target_counts(pdl))
+        assert torch.equal(table_counts(pdl), collated_target_counts(pdl))
     if scenario.evaluate_after is not None:
         dataset = scenario.evaluate_after(model_dirs(scenario.family))
         assert_same_metrics(sft.evaluate(eval_dataset=dataset), pdl.evaluate(eval_dataset=dataset), "evaluate()")
@@ -532,7 +533,7 @@ def test_image_dataset_trains_like_sft_trainer_or_is_refused_as_such(model_dirs,
             raise
         return
     assert_same_training(sft, pdl)
-    assert torch.equal(pdl.pdl_counts, collated_target_counts(pdl))
+    assert torch.equal(table_counts(pdl), collated_target_counts(pdl))
 
 
 def uneven_micro_batches() -> Dataset:

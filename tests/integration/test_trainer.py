@@ -13,13 +13,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
-from tiny import (
+from helpers.tiny import (
     conversational_dataset,
     count_targets_by_hand,
     make_rows,
     prompt_completion_dataset,
     text_dataset,
 )
+from helpers.trainers import table_counts
 from transformers import AutoModelForCausalLM, TrainingArguments
 from trl import SFTConfig, SFTTrainer
 
@@ -105,15 +106,16 @@ def test_table_is_sized_to_the_output_rows_and_counts_completion_tokens(tiny_mod
     trainer = PDLSFTTrainer(str(tiny_model_dir), args=args, train_dataset=prompt_completion_dataset(16))
 
     assert output_rows(trainer) == len(tiny_tokenizer) + 24
-    assert trainer.pdl_counts.dtype == torch.int64 and trainer.pdl_counts.shape == (len(tiny_tokenizer) + 24,)
-    assert trainer.pdl_weights.dtype == torch.float32 and trainer.pdl_weights.shape == trainer.pdl_counts.shape
+    assert table_counts(trainer).dtype == torch.int64 and table_counts(trainer).shape == (len(tiny_tokenizer) + 24,)
+    weights = trainer.pdl_table.weights
+    assert weights.dtype == torch.float32 and weights.shape == table_counts(trainer).shape
     expected = completion_token_counts(tiny_tokenizer, rows)
-    assert {i: c for i, c in enumerate(trainer.pdl_counts.tolist()) if c} == dict(expected)
-    assert trainer.pdl_counts.tolist() == count_targets_by_hand(trainer.train_dataset, output_rows(trainer))
-    torch.testing.assert_close(trainer.pdl_weights, power_law_weights(trainer.pdl_counts, 1.0, 1.0))
+    assert {i: c for i, c in enumerate(table_counts(trainer).tolist()) if c} == dict(expected)
+    assert table_counts(trainer).tolist() == count_targets_by_hand(trainer.train_dataset, output_rows(trainer))
+    torch.testing.assert_close(trainer.pdl_table.weights, power_law_weights(table_counts(trainer), 1.0, 1.0))
     # The 24 padding rows are never targets: they take the rarest seen token's weight
-    assert trainer.pdl_counts[len(tiny_tokenizer) :].sum() == 0
-    assert trainer.pdl_weights[-1] == trainer.pdl_weights.max()
+    assert table_counts(trainer)[len(tiny_tokenizer) :].sum() == 0
+    assert trainer.pdl_table.weights[-1] == trainer.pdl_table.weights.max()
 
 
 # Exactness of the normalisation
@@ -136,7 +138,7 @@ def test_batch_size_and_gradient_accumulation_give_the_same_step(tiny_model_dir,
         runs[batch_size, accumulation] = train(tiny_model_dir, args, rows)
 
     full = runs[8, 1]
-    reference = weighted_cross_entropy_reference(tiny_model_dir, full.train_dataset, full.pdl_weights)
+    reference = weighted_cross_entropy_reference(tiny_model_dir, full.train_dataset, full.pdl_table.weights)
     assert logged(full, "loss")[0] == pytest.approx(reference, rel=1e-5)
     for key in [(4, 2), (2, 4)]:
         assert logged(runs[key], "loss")[0] == pytest.approx(logged(full, "loss")[0], rel=1e-5), key
@@ -202,7 +204,7 @@ def test_packing_matches_padded_batch(tiny_model_dir, cpu_config, device):
     )
 
     assert len(packed.train_dataset) == 1 and len(packed.train_dataset[0]["seq_lengths"]) == 8
-    assert torch.equal(packed.pdl_counts, padded.pdl_counts)
+    assert torch.equal(table_counts(packed), table_counts(padded))
     assert logged(packed, "loss")[0] == pytest.approx(logged(padded, "loss")[0], rel=1e-5)
     assert max_abs_diff(parameters(packed.model), parameters(padded.model)) < 1e-6
 
@@ -247,7 +249,7 @@ def test_bf16_on_cuda_keeps_the_table_on_the_labels_device(tiny_model_dir, cpu_c
             **EXACT_SGD,
         )
         runs[batch_size, accumulation] = train(tiny_model_dir, args, rows)
-    assert runs[8, 1].pdl_weights.device.type == "cuda"
+    assert runs[8, 1].pdl_table.weights.device.type == "cuda"
     assert logged(runs[2, 4], "loss")[0] == pytest.approx(logged(runs[8, 1], "loss")[0], rel=1e-2)
 
 
@@ -260,7 +262,7 @@ def test_conversational_assistant_only_counts_only_assistant_tokens(tiny_model_d
         cpu_config(assistant_only_loss=True, max_steps=1),
         conversational_dataset(16),
     )
-    counts = trainer.pdl_counts
+    counts = table_counts(trainer)
 
     assert counts.tolist() == count_targets_by_hand(trainer.train_dataset, output_rows(trainer))
     for word in ["What", "Describe", " plus", "<|im_start|>"]:
@@ -279,7 +281,7 @@ def test_plain_text_is_refused_unless_allowed(tiny_model_dir, cpu_config):
     trainer = train(tiny_model_dir, cpu_config(pdl_allow_unmasked_text=True, max_steps=1), text_dataset(8))
     # Every token but the first of each row is a target
     lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
-    assert int(trainer.pdl_counts.sum()) == sum(lengths) - len(lengths)
+    assert int(table_counts(trainer).sum()) == sum(lengths) - len(lengths)
     assert math.isfinite(logged(trainer, "loss")[0])
 
 
@@ -430,7 +432,7 @@ def test_streaming_dataset_needs_a_counts_file(tiny_model_dir, tiny_tokenizer, c
         cpu_config(pdl_counts_path=str(tmp_path / "c.json"), max_steps=2),
         prompt_completion_dataset(8).to_iterable_dataset(),
     )
-    assert trainer.pdl_counts.tolist() == counts.tolist()
+    assert table_counts(trainer).tolist() == counts.tolist()
     assert len(logged(trainer, "loss")) == 2
 
     # The prompt-mask check also reads a stream
@@ -519,8 +521,9 @@ def test_counts_path_gives_that_table(tiny_model_dir, tiny_tokenizer, cpu_config
         ),
         prompt_completion_dataset(8),
     )
-    assert trainer.pdl_counts.tolist() == reference_counts.tolist()
-    torch.testing.assert_close(trainer.pdl_weights, power_law_weights(torch.from_numpy(reference_counts), 0.5, 2.0))
+    assert table_counts(trainer).tolist() == reference_counts.tolist()
+    expected = power_law_weights(torch.from_numpy(reference_counts), 0.5, 2.0)
+    torch.testing.assert_close(trainer.pdl_table.weights, expected)
 
 
 def test_save_model_writes_the_counts(tiny_model_dir, cpu_config, tmp_path):
@@ -530,7 +533,7 @@ def test_save_model_writes_the_counts(tiny_model_dir, cpu_config, tmp_path):
 
     for directory in [trainer.args.output_dir, tmp_path / "elsewhere"]:
         saved = TokenCounts.load(os.path.join(directory, COUNTS_FILE_NAME))
-        assert saved.counts.tolist() == trainer.pdl_counts.tolist()
+        assert saved.counts.tolist() == table_counts(trainer).tolist()
         assert saved.tokenizer_fingerprint == tokenizer_fingerprint(trainer.processing_class)
 
 
@@ -541,7 +544,7 @@ def test_checkpoints_hold_the_counts_and_resume_restores_them(tiny_model_dir, cp
     assert checkpoints == ["checkpoint-1", "checkpoint-2"]
     for checkpoint in checkpoints:
         saved = TokenCounts.load(os.path.join(args.output_dir, checkpoint, COUNTS_FILE_NAME))
-        assert saved.counts.tolist() == first.pdl_counts.tolist()
+        assert saved.counts.tolist() == table_counts(first).tolist()
 
     # Resume with other training data: the table must stay the one the run started with
     resumed = PDLSFTTrainer(
@@ -549,12 +552,12 @@ def test_checkpoints_hold_the_counts_and_resume_restores_them(tiny_model_dir, cp
         args=cpu_config(max_steps=3, save_strategy="steps", save_steps=1, **EXACT_SGD),
         train_dataset=prompt_completion_dataset(8, seed=7),
     )
-    assert not torch.equal(resumed.pdl_counts, first.pdl_counts)
+    assert not torch.equal(table_counts(resumed), table_counts(first))
     with caplog.at_level(logging.WARNING, logger="pdl_trl"):
         resumed.train(resume_from_checkpoint=os.path.join(args.output_dir, "checkpoint-1"))
     assert "resuming with the checkpoint's" in caplog.text
-    assert torch.equal(resumed.pdl_counts, first.pdl_counts)
-    torch.testing.assert_close(resumed.pdl_weights, first.pdl_weights)
+    assert torch.equal(table_counts(resumed), table_counts(first))
+    torch.testing.assert_close(resumed.pdl_table.weights, first.pdl_table.weights)
     assert resumed.state.global_step == 3
 
     # resume_from_checkpoint=True finds the last checkpoint (now checkpoint-3) and its counts
@@ -564,7 +567,7 @@ def test_checkpoints_hold_the_counts_and_resume_restores_them(tiny_model_dir, cp
         train_dataset=prompt_completion_dataset(8, seed=8),
     )
     again.train(resume_from_checkpoint=True)
-    assert torch.equal(again.pdl_counts, first.pdl_counts)
+    assert torch.equal(table_counts(again), table_counts(first))
 
 
 def test_resume_from_checkpoint_without_counts_raises(tiny_model_dir, cpu_config):
@@ -607,13 +610,13 @@ def test_eval_tokens_never_counted_do_not_dominate_the_eval_loss(tiny_model_dir,
 
     targets = torch.cat([torch.tensor(row["labels"][1:]) for row in trainer.eval_dataset])
     targets = targets[targets != -100]
-    unseen = trainer.pdl_counts[targets] == 0
+    unseen = table_counts(trainer)[targets] == 0
     assert unseen.sum() >= 6
-    weights = trainer.pdl_weights.cpu()[targets]
-    assert torch.all(weights[unseen] == trainer.pdl_weights.max().cpu())
+    weights = trainer.pdl_table.weights.cpu()[targets]
+    assert torch.all(weights[unseen] == trainer.pdl_table.weights.max().cpu())
     assert weights[unseen].sum() / weights.sum() < 0.5
     # The whole eval set is one batch, so eval_loss is exactly the capped weighted cross-entropy
-    reference = weighted_cross_entropy_reference(tiny_model_dir, trainer.eval_dataset, trainer.pdl_weights)
+    reference = weighted_cross_entropy_reference(tiny_model_dir, trainer.eval_dataset, trainer.pdl_table.weights)
     assert metrics["eval_loss"] == pytest.approx(reference, rel=1e-5)
     assert math.isfinite(metrics["eval_nll"])
 
@@ -635,8 +638,8 @@ def test_neutral_special_tokens_weigh_the_mean_and_keep_their_sft_share(tiny_mod
             args=cpu_config(pdl_alpha=1.0, pdl_neutral_special_tokens=True, max_steps=1),
             train_dataset=rows,
         )
-    counts, weights = trainer.pdl_counts, trainer.pdl_weights.cpu()
-    neutral = trainer.pdl_neutral_mask.cpu()
+    counts, weights = table_counts(trainer), trainer.pdl_table.weights.cpu()
+    neutral = trainer.pdl_table.neutral_mask.cpu()
     assert set(torch.nonzero(neutral).squeeze(1).tolist()) == neutral_special_ids(tiny_tokenizer)
     assert weights[tiny_tokenizer.eos_token_id] == 1.0 and torch.all(weights[neutral] == 1.0)
     # Same formula as without the option elsewhere, rescaled so that the other targets' count-weighted mean is 1
@@ -661,8 +664,8 @@ def test_neutral_share_metric_is_the_neutral_targets_share_of_the_step_weight(ti
     # One step over all eight rows: the share by hand from the prepared labels
     targets = torch.cat([torch.tensor(row["labels"][1:]) for row in trainer.train_dataset])
     targets = targets[targets != -100]
-    weights = trainer.pdl_weights.cpu()[targets]
-    expected = weights[trainer.pdl_neutral_mask.cpu()[targets]].sum() / weights.sum()
+    weights = trainer.pdl_table.weights.cpu()[targets]
+    expected = weights[trainer.pdl_table.neutral_mask.cpu()[targets]].sum() / weights.sum()
     assert 0 < expected < 1
     assert logged(trainer, "pdl_neutral_share")[0] == pytest.approx(expected.item(), rel=1e-5)
 
@@ -683,10 +686,10 @@ def test_named_neutral_tokens(tiny_model_dir, tiny_tokenizer, cpu_config):
         args=cpu_config(pdl_neutral_special_tokens=False, pdl_neutral_tokens=["<|im_end|>", " The", dot]),
         train_dataset=prompt_completion_dataset(16),
     )
-    assert torch.nonzero(trainer.pdl_neutral_mask).squeeze(1).tolist() == sorted(
+    assert torch.nonzero(trainer.pdl_table.neutral_mask).squeeze(1).tolist() == sorted(
         {tiny_tokenizer.eos_token_id, the, dot}
     )
-    assert torch.all(trainer.pdl_weights[trainer.pdl_neutral_mask] == 1.0)
+    assert torch.all(trainer.pdl_table.weights[trainer.pdl_table.neutral_mask] == 1.0)
 
 
 @pytest.mark.parametrize(
@@ -731,7 +734,7 @@ def test_options_keep_accumulation_exact(tiny_model_dir, cpu_config):
         runs[batch_size, accumulation] = train(tiny_model_dir, args, rows)
 
     full = runs[8, 1]
-    reference = weighted_cross_entropy_reference(tiny_model_dir, full.train_dataset, full.pdl_weights)
+    reference = weighted_cross_entropy_reference(tiny_model_dir, full.train_dataset, full.pdl_table.weights)
     assert logged(full, "loss")[0] == pytest.approx(reference, rel=1e-5)
     assert logged(runs[2, 4], "loss")[0] == pytest.approx(reference, rel=1e-5)
     assert max_abs_diff(parameters(runs[2, 4].model), parameters(full.model)) < 1e-6
@@ -759,7 +762,7 @@ def test_resume_with_other_pdl_settings_is_refused(tiny_model_dir, cpu_config):
     checkpoint = os.path.join(args.output_dir, "checkpoint-1")
     with open(os.path.join(checkpoint, "pdl_settings.json")) as f:
         saved = json.load(f)
-    assert saved["pdl_alpha"] == 1.0 and saved["neutral_token_ids"] == first.pdl_settings["neutral_token_ids"]
+    assert saved["pdl_alpha"] == 1.0 and saved["neutral_token_ids"] == first.pdl_table.neutral_ids
 
     for changed in [{"pdl_alpha": 0.5}, {"pdl_mix": 0.5}, {"pdl_neutral_special_tokens": False}, {"pdl_epsilon": 2.0}]:
         trainer = PDLSFTTrainer(
@@ -792,7 +795,7 @@ def test_model_card_cites_the_paper_and_records_the_settings(tiny_model_dir, cpu
     assert "2505.16900" in card and "Power-Law Decay Loss" in card and "@misc{shao2025powerlawdecayloss" in card
     assert "| `pdl_alpha` | 0.5 |" in card and "| `pdl_mix` | 0.75 |" in card
     assert "'<|im_end|>'" in card
-    assert f"{trainer.pdl_counts.sum().item()} tokens" in card
+    assert f"{table_counts(trainer).sum().item()} tokens" in card
 
 
 def test_each_eval_dataset_gets_its_own_pdl_metrics_and_predict_leaves_none_behind(tiny_model_dir, cpu_config):

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 from datasets import Dataset
-from tiny import count_targets_by_hand, prompt_completion_dataset
+from helpers.tiny import count_targets_by_hand, prompt_completion_dataset
 
 from pdl_trl import PDLSFTTrainer, TokenCounts, count_completion_tokens, tokenizer_fingerprint
 from pdl_trl.frequency import COUNTS_FILE_NAME, has_masked_targets

@@ -6,16 +6,10 @@ import random
 
 import numpy as np
 import pytest
-from tiny import make_rows
+from helpers.tiny import make_rows
 
-from pdl_trl.evaluation import mean_token_nll, score, text_token_ids
-from pdl_trl.evaluation.statistics import (
-    Difference,
-    bootstrap_indices,
-    multiplicities,
-    paired_bootstrap,
-    run_statistics,
-)
+from pdl_trl.evaluation import mean_token_nll, run_statistics, score, text_token_ids
+from pdl_trl.evaluation.statistics import Difference, bootstrap_indices, multiplicities, paired_bootstrap
 
 
 def test_resampled_metrics_equal_eval_on_the_resampled_rows(tiny_tokenizer):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "examples" / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "examples" / "benchmarks"
 
 
 def load_script(name: str):

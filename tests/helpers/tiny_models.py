@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 import transformers
-from tiny import build_tokenizer
+
+from helpers.tiny import build_tokenizer
 
 
 HIDDEN = 16

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from distributed_sft import main as run_sft_worker
-from distributed_worker import train_one_step
+from helpers.distributed_sft import main as run_sft_worker
+from helpers.distributed_worker import train_one_step
+from helpers.tiny import make_rows
 from safetensors.torch import load_file
-from tiny import make_rows
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from pdl_trl.frequency import COUNTS_FILE_NAME
@@ -29,9 +29,9 @@ from pdl_trl.frequency import COUNTS_FILE_NAME
 
 pytestmark = pytest.mark.distributed
 
-REPO = Path(__file__).resolve().parents[1]
-WORKER = Path(__file__).with_name("distributed_worker.py")
-SFT_WORKER = Path(__file__).with_name("distributed_sft.py")
+REPO = Path(__file__).resolve().parents[2]
+WORKER = REPO / "tests" / "helpers" / "distributed_worker.py"
+SFT_WORKER = REPO / "tests" / "helpers" / "distributed_sft.py"
 ACCELERATE_CONFIGS = REPO / "examples" / "accelerate"
 LAUNCH_TIMEOUT = 300
 LAUNCH_ENV = {

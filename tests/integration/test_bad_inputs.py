@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
-from tiny import make_rows, prompt_completion_dataset
+from helpers.tiny import make_rows, prompt_completion_dataset
+from helpers.trainers import table_counts
 
 from pdl_trl import PDLSFTConfig, PDLSFTTrainer, TokenCounts, tokenizer_fingerprint
 from pdl_trl.frequency import COUNTS_FILE_NAME
@@ -196,7 +197,7 @@ def test_counts_disjoint_from_the_training_targets_are_refused(tiny_model_dir, t
 
 def test_counts_missing_many_training_targets_are_warned_about(tiny_model_dir, tiny_tokenizer, cpu_config, tmp_path):
     trainer = make_trainer(tiny_model_dir, cpu_config)
-    counts = trainer.pdl_counts.numpy().copy()
+    counts = table_counts(trainer).numpy().copy()
     counts[np.argsort(counts)[-3:]] = 0  # the three most frequent targets
     path = counts_file(tmp_path / "partial.json", tiny_tokenizer, counts)
     with pytest.warns(UserWarning, match="of the training targets .* are never counted"):
@@ -236,7 +237,7 @@ def test_huge_epsilon_still_gives_the_plain_sft_loss(tiny_model_dir, cpu_config)
         per_device_train_batch_size=8,
         output_dir=cpu_config().output_dir + "-plain",
     )
-    assert torch.all(huge.pdl_weights == 1.0)
+    assert torch.all(huge.pdl_table.weights == 1.0)
     huge.train()
     plain.train()
     assert huge.state.log_history[0]["loss"] == pytest.approx(plain.state.log_history[0]["loss"], rel=1e-6)
@@ -259,7 +260,7 @@ def test_defaults_keep_the_end_of_sequence_weight_without_a_warning(tiny_model_d
         warnings.filterwarnings("error", message=".*end-of-sequence token.*")
         trainer = make_trainer(tiny_model_dir, cpu_config, train_dataset=prompt_completion_dataset(128), pdl_alpha=1.0)
     eos_id = trainer.processing_class.eos_token_id
-    assert trainer.pdl_neutral_mask[eos_id] and trainer.pdl_weights[eos_id] == 1.0
+    assert trainer.pdl_table.neutral_mask[eos_id] and trainer.pdl_table.weights[eos_id] == 1.0
 
 
 # ---------------------------------------------------------------------------------------------------------- resume
@@ -314,7 +315,7 @@ def test_saved_settings_are_readable_json(checkpoint):
 
 
 def count_argv(model_dir, data_path, output) -> list[str]:
-    return ["--model_name_or_path", str(model_dir), "--dataset_name", str(data_path), "--output", str(output)]
+    return ["--model_name_or_path", str(model_dir), "--dataset_name", str(data_path), "--counts_output", str(output)]
 
 
 @pytest.mark.parametrize("output", ["folder", "under a file"])
@@ -325,7 +326,7 @@ def test_count_output_that_cannot_be_written_is_refused_before_counting(tmp_path
     (tmp_path / "a-file").write_text("")
     target = tmp_path if output == "folder" else tmp_path / "a-file" / "counts.json"
     # Neither the model nor the data exist: the output is checked first, while parsing
-    with pytest.raises(ValueError, match="`--output`"):
+    with pytest.raises(ValueError, match="`--counts_output`"):
         parse_script_args(make_parser(), count_argv(tmp_path / "no-model", tmp_path / "no-data.jsonl", target))
 
 
@@ -344,7 +345,7 @@ def test_eval_without_the_eval_extra_names_it_before_loading_a_model(tmp_path, m
     data = tmp_path / "heldout.jsonl"
     data.write_text(json.dumps({"prompt": "What is 1 plus 1?", "completion": " 2."}) + "\n")
     with pytest.raises(ModuleNotFoundError, match="pip install 'pdl-trl\\[eval\\]'"):
-        cli_main(["eval", "--model_name_or_path", str(tmp_path / "no-model"), "--dataset", str(data)])
+        cli_main(["eval", "--model_name_or_path", str(tmp_path / "no-model"), "--dataset_name", str(data)])
     with pytest.raises(ModuleNotFoundError, match="pip install 'pdl-trl\\[eval\\]'"):
         cli_main(["sweep", "--config", str(tmp_path / "no-config.yaml")])
 

@@ -5,87 +5,26 @@ script modules; one QLoRA run goes through the real launcher, and the `distribut
 """
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
-from tiny import make_rows
+from helpers.files import write_jsonl
+from helpers.tiny import make_rows
+from helpers.trainers import table_counts
 
-from pdl_trl import PDLSFTConfig, PDLSFTTrainer, TokenCounts
+from pdl_trl import PDLSFTConfig, PDLSFTTrainer, TokenCounts, tokenizer_fingerprint
 from pdl_trl.cli import main as cli_main
 from pdl_trl.data_loading import load_dataset_splits
 from pdl_trl.frequency import COUNTS_FILE_NAME
 from pdl_trl.scripts import count as count_script
 from pdl_trl.scripts import sft as sft_script
-from pdl_trl.scripts.inspect_counts import weight_report
 from pdl_trl.scripts.utils import config_launch_args, parse_script_args
 
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-# `trl sft`-style YAML for the tiny model on CPU: two optimizer steps, nothing else saved but the final model
-CPU_YAML = {
-    "use_cpu": True,
-    "bf16": False,
-    "report_to": "none",
-    "max_steps": 2,
-    "per_device_train_batch_size": 4,
-    "activation_checkpointing": False,
-    "save_strategy": "no",
-    "dataloader_num_workers": 0,
-    "disable_tqdm": True,
-}
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
-
-
-def conversational_rows(n: int) -> list[dict]:
-    return [
-        {"messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["completion"]}]}
-        for r in make_rows(n)
-    ]
-
-
-def write_yaml(path: Path, **values) -> Path:
-    path.write_text(yaml.safe_dump(values))
-    return path
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("data")
-    write_jsonl(directory / "pc.jsonl", make_rows(32))
-    write_jsonl(directory / "chat.jsonl", conversational_rows(32))
-    write_jsonl(directory / "text.jsonl", [{"text": r["prompt"] + r["completion"]} for r in make_rows(16)])
-    return directory
-
-
-@pytest.fixture
-def sft_yaml(tmp_path, tiny_model_dir, data_dir):
-    """Factory: a training config file for the tiny model and a local jsonl, with `overrides`."""
-
-    def factory(dataset="pc.jsonl", **overrides):
-        values = {
-            "model_name_or_path": str(tiny_model_dir),
-            "dataset_name": str(data_dir / dataset),
-            "output_dir": str(tmp_path / "run"),
-            **CPU_YAML,
-            "pdl_alpha": 0.5,
-            **overrides,
-        }
-        return write_yaml(tmp_path / "sft.yaml", **values)
-
-    return factory
 
 
 def run_sft_in_process(argv: list[str]) -> None:
@@ -144,7 +83,7 @@ def test_example_configs_parse(path):
     assert first_line.startswith("# ") and ("pdl-trl sft" in first_line or "-m pdl_trl.scripts.sft" in first_line)
     assert f"--config examples/{path.name}" in first_line
     # The same file drives `pdl-trl count`
-    parse_script_args(count_script.make_parser(), ["--config", str(path), "--output", "counts.json"])
+    parse_script_args(count_script.make_parser(), ["--config", str(path), "--counts_output", "counts.json"])
 
 
 def test_sharded_qlora_example_stores_4bit_in_bf16():
@@ -236,17 +175,19 @@ def test_split_selection_is_the_same_for_every_command(tmp_path, data_dir, sft_y
         assert load_eval_rows(str(source), "train", max_samples=2) == [dict(row) for row in dataset["train"]][:2]
 
     # An explicitly named split that is not there: every command says which splits there are and which option to change
-    generate = ["eval", "--model_name_or_path", str(tiny_model_dir), "--dataset"]
-    with pytest.raises(ValueError, match=r"no split 'test'; it has only `train`: a single file.*`--split`"):
-        cli_main([*generate, str(data_dir / "pc.jsonl"), "--split", "test"])
-    with pytest.raises(ValueError, match=r"no split 'validation'; it has \['test', 'train'\].*`--split`"):
-        cli_main([*generate, str(tmp_path / "saved_dict"), "--split", "validation"])
+    generate = ["eval", "--model_name_or_path", str(tiny_model_dir), "--dataset_name"]
+    with pytest.raises(
+        ValueError, match=r"no split 'test'; it has only `train`: a single file.*`--dataset_test_split`"
+    ):
+        cli_main([*generate, str(data_dir / "pc.jsonl"), "--dataset_test_split", "test"])
+    with pytest.raises(ValueError, match=r"no split 'validation'; it has \['test', 'train'\].*`--dataset_test_split`"):
+        cli_main([*generate, str(tmp_path / "saved_dict"), "--dataset_test_split", "validation"])
     with pytest.raises(ValueError, match=r"no split 'test'; it has only `train`.*`--dataset_test_split`"):
         run_sft_in_process(["--config", str(sft_yaml()), "--eval_strategy", "steps", "--eval_steps", "1"])
     with pytest.raises(ValueError, match=r"no split 'train_sft'; it has \['test', 'train'\].*`--dataset_train_split`"):
         cli_main(
             ["count", "--config", str(sft_yaml(str(folder))), "--dataset_train_split", "train_sft"]
-            + ["--output", str(tmp_path / "c.json")]
+            + ["--counts_output", str(tmp_path / "c.json")]
         )
     with pytest.raises(FileNotFoundError, match="No file"):
         load_eval_rows(str(tmp_path / "missing.jsonl"))
@@ -298,7 +239,7 @@ def test_count_equals_trainer_table(dataset, settings, sft_yaml, tmp_path, tiny_
     from datasets import load_dataset
 
     output = tmp_path / "counts" / "c.json"
-    assert cli_main(["count", "--config", str(sft_yaml(dataset, **settings)), "--output", str(output)]) == 0
+    assert cli_main(["count", "--config", str(sft_yaml(dataset, **settings)), "--counts_output", str(output)]) == 0
     counted = TokenCounts.load(output)
 
     trainer = PDLSFTTrainer(
@@ -306,8 +247,8 @@ def test_count_equals_trainer_table(dataset, settings, sft_yaml, tmp_path, tiny_
         args=cpu_config(pdl_alpha=0.5, **settings),
         train_dataset=load_dataset("json", data_files=str(data_dir / dataset))["train"],
     )
-    np.testing.assert_array_equal(counted.counts, trainer.pdl_counts.numpy())
-    assert counted.tokenizer_fingerprint == trainer._pdl_fingerprint
+    np.testing.assert_array_equal(counted.counts, table_counts(trainer).numpy())
+    assert counted.tokenizer_fingerprint == tokenizer_fingerprint(trainer.processing_class)
     assert counted.vocab_size == trainer.model.get_output_embeddings().weight.shape[0]
     assert "completion tokens of" in counted.source and "max_length=" in counted.source
     # The run's counts can be fed back: the trainer accepts the file as its table
@@ -316,13 +257,13 @@ def test_count_equals_trainer_table(dataset, settings, sft_yaml, tmp_path, tiny_
         args=cpu_config(pdl_alpha=0.5, pdl_counts_path=str(output), **settings),
         train_dataset=load_dataset("json", data_files=str(data_dir / dataset))["train"],
     )
-    torch.testing.assert_close(trainer_from_file.pdl_weights, trainer.pdl_weights)
+    torch.testing.assert_close(trainer_from_file.pdl_table.weights, trainer.pdl_table.weights)
 
 
 def test_count_streaming_equals_count(sft_yaml, tmp_path):
     path = sft_yaml()
-    cli_main(["count", "--config", str(path), "--output", str(tmp_path / "a.json")])
-    cli_main(["count", "--config", str(path), "--dataset_streaming", "--output", str(tmp_path / "b.json")])
+    cli_main(["count", "--config", str(path), "--counts_output", str(tmp_path / "a.json")])
+    cli_main(["count", "--config", str(path), "--dataset_streaming", "--counts_output", str(tmp_path / "b.json")])
     np.testing.assert_array_equal(
         TokenCounts.load(tmp_path / "a.json").counts, TokenCounts.load(tmp_path / "b.json").counts
     )
@@ -331,8 +272,10 @@ def test_count_streaming_equals_count(sft_yaml, tmp_path):
 def test_count_plain_text_needs_flag(sft_yaml, tmp_path, tiny_tokenizer, data_dir):
     path = sft_yaml("text.jsonl")
     with pytest.raises(ValueError, match="pdl_allow_unmasked_text"):
-        cli_main(["count", "--config", str(path), "--output", str(tmp_path / "t.json")])
-    cli_main(["count", "--config", str(path), "--pdl_allow_unmasked_text", "--output", str(tmp_path / "t.json")])
+        cli_main(["count", "--config", str(path), "--counts_output", str(tmp_path / "t.json")])
+    cli_main(
+        ["count", "--config", str(path), "--pdl_allow_unmasked_text", "--counts_output", str(tmp_path / "t.json")]
+    )
     # Every token but each sequence's first is a target; SFTTrainer appends the EOS token to text
     rows = [json.loads(line)["text"] for line in (data_dir / "text.jsonl").read_text().splitlines()]
     expected = sum(len(tiny_tokenizer(text + tiny_tokenizer.eos_token)["input_ids"]) - 1 for text in rows)
@@ -340,30 +283,20 @@ def test_count_plain_text_needs_flag(sft_yaml, tmp_path, tiny_tokenizer, data_di
 
 
 def test_count_needs_output(sft_yaml):
-    with pytest.raises(ValueError, match="--output"):
+    with pytest.raises(ValueError, match="--counts_output"):
         cli_main(["count", "--config", str(sft_yaml())])
 
 
 # -------------------------------------------------------------------------------------------------------- inspect
 
 
-def test_weight_report_alpha_zero_is_uniform():
-    counts = np.array([0, 50, 30, 10, 5, 3, 1, 1], dtype=np.int64)
-    report = weight_report(counts, alpha=0.0, epsilon=1.0, batch_tokens=4096)
-    assert report["ess"] == pytest.approx(4096)
-    for rarest in report["rarest"]:
-        assert rarest["weight_share"] == pytest.approx(rarest["token_share"])
-    skewed = weight_report(counts, alpha=1.0, epsilon=1.0, batch_tokens=4096)
-    assert skewed["ess"] < 4096
-    assert skewed["rarest"][1]["weight_share"] > skewed["rarest"][1]["token_share"]
-
-
 def test_inspect_prints_shares_and_writes_png(sft_yaml, tmp_path, capsys):
     counts_path = tmp_path / "c.json"
-    cli_main(["count", "--config", str(sft_yaml()), "--output", str(counts_path)])
+    cli_main(["count", "--config", str(sft_yaml()), "--counts_output", str(counts_path)])
     capsys.readouterr()
     png = tmp_path / "w.png"
-    assert cli_main(["inspect", str(counts_path), "--alpha", "0.5", "--epsilon", "1", "--output", str(png)]) == 0
+    inspect = ["inspect", "--pdl_counts_path", str(counts_path), "--pdl_alpha", "0.5", "--pdl_epsilon", "1"]
+    assert cli_main([*inspect, "--plot_output", str(png)]) == 0
     out = capsys.readouterr().out
     assert "rarest 1% of seen types" in out and "rarest 10% of seen types" in out
     assert "Kish effective sample size of a 4096-token batch" in out
@@ -372,29 +305,20 @@ def test_inspect_prints_shares_and_writes_png(sft_yaml, tmp_path, capsys):
     assert data.startswith(PNG_SIGNATURE) and len(data) > 1000
 
 
-def test_weight_report_neutral_tokens_keep_their_plain_sft_share():
-    counts = np.array([0, 50, 30, 10, 5, 3, 1, 1], dtype=np.int64)
-    report = weight_report(counts, alpha=1.0, epsilon=1.0, batch_tokens=4096, neutral_ids=[1], mix=0.5)
-    (row,) = report["neutral"]
-    assert row["id"] == 1 and row["weight"] == 1.0
-    assert row["weight_share"] == pytest.approx(row["token_share"]) == pytest.approx(50 / counts.sum())
-    assert report["neutral_weight_share"] == pytest.approx(50 / counts.sum())
-    assert report["weights"].min() >= 0.5 - 1e-6  # the mix keeps every weight above 1 - mix
-
-
 def test_inspect_shows_the_neutral_tokens(sft_yaml, tmp_path, capsys):
     counts_path = tmp_path / "c.json"
-    cli_main(["count", "--config", str(sft_yaml()), "--output", str(counts_path)])
+    cli_main(["count", "--config", str(sft_yaml()), "--counts_output", str(counts_path)])
     capsys.readouterr()
     # Special tokens are neutral by default, as in the trainer
-    assert cli_main(["inspect", str(counts_path), "--alpha", "1", "--neutral_tokens", " The"]) == 0
+    inspect = ["inspect", "--pdl_counts_path", str(counts_path), "--pdl_alpha", "1"]
+    assert cli_main([*inspect, "--pdl_neutral_tokens", " The"]) == 0
     out = capsys.readouterr().out
     assert "neutral tokens weigh the mean (1); the 2 counted carry" in out
     assert "'<|im_end|>'" in out and "in plain SFT)" in out
     least = out.split("least weighted (most frequent)")[1]
     assert "'<|im_end|>'" not in least and "' The'" not in least
 
-    assert cli_main(["inspect", str(counts_path), "--alpha", "1", "--no_neutral_special_tokens"]) == 0
+    assert cli_main([*inspect, "--no_pdl_neutral_special_tokens"]) == 0
     out = capsys.readouterr().out
     assert "neutral tokens" not in out
     assert "'<|im_end|>'" in out.split("least weighted (most frequent)")[1]  # the formula weighs it down
@@ -405,12 +329,13 @@ def test_inspect_and_demo_defaults_are_the_trainers():
     from pdl_trl.scripts.inspect_counts import make_parser as inspect_parser
 
     trainer_defaults = (PDLSFTConfig.pdl_alpha, PDLSFTConfig.pdl_neutral_special_tokens, PDLSFTConfig.pdl_mix)
-    inspect = inspect_parser().parse_args(["counts.json"])
+    inspect = inspect_parser().parse_args(["--pdl_counts_path", "counts.json"])
     for args in (inspect, demo_args([])):
-        assert (args.alpha, args.neutral_special_tokens, args.mix) == trainer_defaults
-    assert inspect.epsilon == PDLSFTConfig.pdl_epsilon
-    assert inspect_parser().parse_args(["c.json", "--no_neutral_special_tokens"]).neutral_special_tokens is False
-    assert demo_args(["--no-neutral-special-tokens"]).neutral_special_tokens is False
+        assert (args.pdl_alpha, args.pdl_neutral_special_tokens, args.pdl_mix) == trainer_defaults
+        assert args.pdl_epsilon == PDLSFTConfig.pdl_epsilon
+    paper = ["--pdl_counts_path", "c.json", "--no_pdl_neutral_special_tokens"]
+    assert inspect_parser().parse_args(paper).pdl_neutral_special_tokens is False
+    assert demo_args(["--no_pdl_neutral_special_tokens"]).pdl_neutral_special_tokens is False
 
 
 def test_sft_command_turns_neutral_special_tokens_off(tmp_path):
@@ -425,10 +350,10 @@ def test_sft_command_turns_neutral_special_tokens_off(tmp_path):
 def test_inspect_without_the_tokenizer_names_the_fix(tmp_path, capsys):
     counts = TokenCounts(np.arange(424, dtype=np.int64), "missing-org/missing-tokenizer", "sha256:0", source="test")
     counts.save(tmp_path / "c.json")
-    with pytest.raises(OSError, match="--tokenizer PATH.*--no_neutral_special_tokens"):
-        cli_main(["inspect", str(tmp_path / "c.json")])
+    with pytest.raises(OSError, match="--tokenizer PATH.*--no_pdl_neutral_special_tokens"):
+        cli_main(["inspect", "--pdl_counts_path", str(tmp_path / "c.json")])
     # Without neutral tokens the weights need no tokenizer: ids only, with a note
-    assert cli_main(["inspect", str(tmp_path / "c.json"), "--no_neutral_special_tokens"]) == 0
+    assert cli_main(["inspect", "--pdl_counts_path", str(tmp_path / "c.json"), "--no_pdl_neutral_special_tokens"]) == 0
     assert "Showing token ids: cannot load the counts' tokenizer" in capsys.readouterr().out
 
 
@@ -436,75 +361,67 @@ def test_inspect_refuses_another_tokenizer(tmp_path, tiny_model_dir):
     other = TokenCounts(np.arange(424, dtype=np.int64), "other-org/other-tokenizer", "sha256:0", source="test")
     other.save(tmp_path / "other.json")
     with pytest.raises(ValueError, match="other-org/other-tokenizer"):
-        cli_main(["inspect", str(tmp_path / "other.json"), "--tokenizer", str(tiny_model_dir)])
+        cli_main(["inspect", "--pdl_counts_path", str(tmp_path / "other.json"), "--tokenizer", str(tiny_model_dir)])
 
 
-# ------------------------------------------------------------------------------------------------ several processes
-
-RANK_TABLES_SCRIPT = textwrap.dedent(
-    """
-    # `python -m pdl_trl.scripts.sft`, but each rank also writes the PDL table it trained with
-    import faulthandler
-    import sys
-
-    import numpy as np
-
-    import pdl_trl
-    from pdl_trl.scripts import sft
-    from pdl_trl.scripts.utils import parse_script_args
+# ------------------------------------------------------------------------------------------------ renamed options
 
 
-    class RankTablesTrainer(pdl_trl.PDLSFTTrainer):
-        def save_model(self, output_dir=None, _internal_call=False):
-            rank = self.accelerator.process_index
-            np.save(f"{self.args.output_dir}/counts_rank{rank}.npy", self.pdl_counts.numpy())
-            np.save(f"{self.args.output_dir}/weights_rank{rank}.npy", self.pdl_weights.cpu().numpy())
-            super().save_model(output_dir, _internal_call)
+def test_old_spellings_work_for_this_release_with_a_warning_naming_the_new(sft_yaml, tmp_path, capsys):
+    from pdl_trl.demo import parse_args as demo_args
+    from pdl_trl.scripts.eval import parse_args as eval_args
 
+    counts = tmp_path / "c.json"
+    with pytest.warns(FutureWarning, match="`--output` of `pdl-trl count` is deprecated.*`--counts_output`"):
+        cli_main(["count", "--config", str(sft_yaml()), "--output", str(counts)])
+    assert TokenCounts.load(counts).num_tokens > 0
 
-    pdl_trl.PDLSFTTrainer = RankTablesTrainer
-    # A rank that hangs (seen rarely in the gloo teardown after the model was saved) prints where and exits,
-    # instead of holding the test until its timeout; the run itself takes seconds
-    faulthandler.dump_traceback_later(120, exit=True)
-    sft.main(*parse_script_args(sft.make_parser(), sys.argv[1:]))
-    """
-)
+    png = tmp_path / "w.png"
+    with pytest.warns(FutureWarning) as caught:
+        old = [str(counts), "--alpha", "1", "--epsilon", "2", "--mix", "0.5", "--no_neutral_special_tokens"]
+        report = cli_main(["inspect", *old, "--neutral_tokens", " The", "--output", str(png)])
+    assert report == 0 and png.is_file()
+    messages = " ".join(str(w.message) for w in caught)
+    for old_name, new_name in [
+        ("--alpha", "--pdl_alpha"),
+        ("--epsilon", "--pdl_epsilon"),
+        ("--mix", "--pdl_mix"),
+        ("--no_neutral_special_tokens", "--no_pdl_neutral_special_tokens"),
+        ("--neutral_tokens", "--pdl_neutral_tokens"),
+        ("--output", "--plot_output"),
+    ]:
+        assert f"`{old_name}` is deprecated and will be removed in the next release: use `{new_name}`" in messages
+    assert "positional counts file" in messages
+    out = capsys.readouterr().out
+    assert "alpha=1 epsilon=2 mix=0.5" in out and "1 neutral tokens weigh the mean" in out
 
-
-def torchrun(args: list[str], cwd: Path) -> None:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
-    # One retry: a rare deadlock inside torch's gloo teardown can hang a rank at exit after the run's work is done
-    # (docs/distributed.md); a real failure fails both times
-    for _ in range(2):
-        result = subprocess.run(
-            command, cwd=cwd, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, timeout=300
-        )
-        if result.returncode == 0:
-            return
-    assert result.returncode == 0, result.stderr.decode()[-4000:]
-
-
-@pytest.mark.distributed
-def test_sft_two_processes_share_one_table(sft_yaml, tmp_path):
-    path = sft_yaml()
-    cli_main(["count", "--config", str(path), "--output", str(tmp_path / "one_process.json")])
-    (tmp_path / "rank_tables.py").write_text(RANK_TABLES_SCRIPT)
-    torchrun([str(tmp_path / "rank_tables.py"), "--config", str(path)], cwd=tmp_path)
-
-    run = tmp_path / "run"
-    one_process = TokenCounts.load(tmp_path / "one_process.json").counts
-    np.testing.assert_array_equal(np.load(run / "counts_rank0.npy"), np.load(run / "counts_rank1.npy"))
-    np.testing.assert_array_equal(np.load(run / "weights_rank0.npy"), np.load(run / "weights_rank1.npy"))
-    np.testing.assert_array_equal(np.load(run / "counts_rank0.npy"), one_process)
-    np.testing.assert_array_equal(TokenCounts.load(run / COUNTS_FILE_NAME).counts, one_process)
-    assert (run / "model.safetensors").is_file()
-
-
-@pytest.mark.distributed
-def test_count_two_processes_equals_one(sft_yaml, tmp_path):
-    path = sft_yaml("chat.jsonl", assistant_only_loss=True)
-    cli_main(["count", "--config", str(path), "--output", str(tmp_path / "one.json")])
-    torchrun(["-m", "pdl_trl.scripts.count", "--config", str(path), "--output", str(tmp_path / "two.json")], tmp_path)
-    np.testing.assert_array_equal(
-        TokenCounts.load(tmp_path / "two.json").counts, TokenCounts.load(tmp_path / "one.json").counts
+    with pytest.warns(FutureWarning, match="`--dataset` is deprecated"):
+        args = eval_args(["--model_name_or_path", "m", "--dataset", "d.jsonl", "--counts", "c", "--split", "x"])
+    assert (args.dataset_name, args.pdl_counts_path, args.dataset_test_split) == ("d.jsonl", "c", "x")
+    with pytest.warns(FutureWarning, match="`--no-neutral-special-tokens` is deprecated"):
+        args = demo_args(["--alpha", "0.5", "--no-neutral-special-tokens", "--steps", "3", "--output-dir", "o"])
+    assert (args.pdl_alpha, args.pdl_neutral_special_tokens, args.max_steps, str(args.output_dir)) == (
+        0.5,
+        False,
+        3,
+        "o",
     )
+
+
+def test_neutral_special_tokens_flag_takes_a_value_and_settings_are_checked_as_flags(tmp_path):
+    from pdl_trl.scripts.inspect_counts import make_parser as inspect_parser
+
+    parser = inspect_parser()
+    assert (
+        parser.parse_args(
+            ["--pdl_counts_path", "c", "--pdl_neutral_special_tokens", "false"]
+        ).pdl_neutral_special_tokens
+        is False
+    )
+    assert (
+        parser.parse_args(["--pdl_counts_path", "c", "--pdl_neutral_special_tokens"]).pdl_neutral_special_tokens
+        is True
+    )
+    TokenCounts(np.arange(8, dtype=np.int64), "t", "sha256:0", source="test").save(tmp_path / "c.json")
+    with pytest.raises(ValueError, match="`--pdl_alpha` must be a finite number >= 0"):
+        cli_main(["inspect", "--pdl_counts_path", str(tmp_path / "c.json"), "--pdl_alpha", "-1"])

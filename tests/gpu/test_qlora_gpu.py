@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.tiny import prompt_completion_dataset, save_tiny_model
 from peft import LoraConfig
-from tiny import prompt_completion_dataset, save_tiny_model
 from transformers import BitsAndBytesConfig
 
 from pdl_trl import PDLSFTConfig, PDLSFTTrainer
@@ -82,7 +82,10 @@ def test_cuda_qlora_loss_and_gradients_match_full_logits_reference(model_dir):
     with torch.no_grad(), trainer.autocast_smart_context_manager():
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
     reference = F.cross_entropy(
-        logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), weight=trainer.pdl_weights, ignore_index=-100
+        logits[:, :-1].flatten(0, 1),
+        batch["labels"][:, 1:].flatten(),
+        weight=trainer.pdl_table.weights,
+        ignore_index=-100,
     )
     torch.testing.assert_close(loss_full.detach().float(), reference, rtol=1e-2, atol=0)
 

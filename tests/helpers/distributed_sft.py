@@ -1,7 +1,8 @@
-"""`pdl_trl.scripts.sft` (what `pdl-trl sft` launches) for the launcher tests of `test_distributed.py`: each rank
-also writes what it trained with, and the run can kill itself right after a checkpoint is written.
+"""`pdl_trl.scripts.sft` (what `pdl-trl sft` launches) for the launcher tests of
+`tests/distributed/test_distributed.py`: each rank also writes what it trained with, and the run can kill itself
+right after a checkpoint is written.
 
-    accelerate launch --config_file examples/accelerate/fsdp2.yaml tests/distributed_sft.py \
+    accelerate launch --config_file examples/accelerate/fsdp2.yaml tests/helpers/distributed_sft.py \
         --results DIR [--kill_after_save STEP] [--fsdp_on_cpu] -- --config train.yaml [sft options]
 
 `DIR/rank{R}.pt` holds the rank's distributed type, PDL counts and weights, every logged loss by step, and what the
@@ -104,8 +105,8 @@ def main(argv: list[str]) -> None:
                 "rank": rank,
                 "world_size": self.accelerator.num_processes,
                 "distributed_type": self.accelerator.distributed_type.value,
-                "counts": self.pdl_counts.clone(),
-                "weights": self.pdl_weights.cpu().clone(),
+                "counts": torch.from_numpy(self.pdl_table.counts.counts).clone(),
+                "weights": self.pdl_table.weights.cpu().clone(),
                 "first_step": self._first_step,
                 "losses": {entry["step"]: entry["loss"] for entry in self.state.log_history if "loss" in entry},
             }
@@ -113,13 +114,7 @@ def main(argv: list[str]) -> None:
             torch.save(result, Path(options.results) / f"rank{rank}.pt")
             return output
 
-    # `sft.main` builds `pdl_trl.PDLSFTTrainer`; put it back afterwards for a caller that runs this in-process
-    original_trainer = pdl_trl.PDLSFTTrainer
-    pdl_trl.PDLSFTTrainer = RecordingTrainer
-    try:
-        sft.main(*parse_script_args(sft.make_parser(), sft_argv))
-    finally:
-        pdl_trl.PDLSFTTrainer = original_trainer
+    sft.main(*parse_script_args(sft.make_parser(), sft_argv), trainer_class=RecordingTrainer)
 
 
 if __name__ == "__main__":

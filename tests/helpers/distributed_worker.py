@@ -1,10 +1,10 @@
 """One PDL optimizer step (SGD; alpha 1 with neutral special tokens and a mix of 0.7) on the four-row tiny dataset;
 writes what the step produced to a file per rank.
 
-Run by `test_distributed.py` under `torchrun --nproc_per_node 2` (gloo, CPU), and called in-process there as the
-one-process reference:
+Run by `tests/distributed/test_distributed.py` under `torchrun --nproc_per_node 2` (gloo, CPU), and called in-process
+there as the one-process reference:
 
-    python -m torch.distributed.run --nproc_per_node 2 tests/distributed_worker.py MODEL_DIR OUT_DIR --batch_size 2
+    python -m torch.distributed.run --nproc_per_node 2 tests/helpers/distributed_worker.py MODEL_DIR OUT --batch_size 2
 """
 
 import argparse
@@ -12,7 +12,8 @@ import os
 import sys
 
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The tests folder: `conftest` and `helpers` import from there, as under pytest
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from conftest import make_cpu_config  # noqa: E402  (also sets the offline / one-thread environment)
 
@@ -23,8 +24,8 @@ NUM_ROWS = 4
 def train_one_step(model_dir: str, output_dir: str, batch_size: int, accumulation: int = 1) -> str:
     """Trains one step and saves loss, table and parameters to `output_dir/result-rank{N}.pt`; returns that path."""
     import torch
-    from tiny import prompt_completion_dataset
 
+    from helpers.tiny import prompt_completion_dataset
     from pdl_trl import PDLSFTTrainer
 
     args = make_cpu_config(
@@ -50,8 +51,8 @@ def train_one_step(model_dir: str, output_dir: str, batch_size: int, accumulatio
         "world_size": trainer.accelerator.num_processes,
         "rank": rank,
         "loss": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry],
-        "counts": trainer.pdl_counts.clone(),
-        "weights": trainer.pdl_weights.cpu().clone(),
+        "counts": torch.from_numpy(trainer.pdl_table.counts.counts).clone(),
+        "weights": trainer.pdl_table.weights.cpu().clone(),
         "parameters": {name: p.detach().cpu().clone() for name, p in trainer.model.named_parameters()},
     }
     path = os.path.join(output_dir, f"result-rank{rank}.pt")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tiny import make_rows
+from helpers.tiny import make_rows
 from transformers import AutoTokenizer
 
 from pdl_trl.cli import main as cli_main
@@ -233,7 +233,7 @@ def test_example_sweep_config_plans(tmp_path, monkeypatch):
     from pdl_trl.scripts.utils import parse_script_args
     from pdl_trl.sweep import check_config_file, plan_sweep
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     monkeypatch.chdir(repo)
     config = repo / "examples" / "sweeps" / "pydoc_qa.yaml"
     assert check_config_file(config).startswith("# pdl-trl sweep --config examples/sweeps/pydoc_qa.yaml")

@@ -1,0 +1,83 @@
+"""
+What a PDL run saves beside its weights — the counts (`pdl_counts.json`) and the settings (`pdl_settings.json`) its
+table was built from — and what resuming from a checkpoint checks against them, for any trainer that holds a
+[`~pdl_trl.weights.WeightTable`].
+"""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from transformers.utils import logging
+
+from pdl_trl.atomic import write_text_atomically
+from pdl_trl.frequency import COUNTS_FILE_NAME, TokenCounts
+from pdl_trl.weights import WeightTable
+
+
+logger = logging.get_logger(__name__)
+
+SETTINGS_FILE_NAME = "pdl_settings.json"
+SETTINGS_FORMAT = "pdl-trl-settings"
+
+
+def save_table_files(table: WeightTable, directory: str | os.PathLike) -> None:
+    """Writes `pdl_counts.json` and `pdl_settings.json` of `table` into `directory`, each atomically."""
+    directory = Path(directory)
+    table.counts.save(directory / COUNTS_FILE_NAME)
+    settings = {"format": SETTINGS_FORMAT, "version": 1, **table.record}
+    write_text_atomically(directory / SETTINGS_FILE_NAME, json.dumps(settings, indent=2))
+
+
+def table_to_resume(checkpoint: str | os.PathLike, table: WeightTable, tokenizer, trainer_name: str) -> WeightTable:
+    """
+    The table to resume `checkpoint` with: this run's settings on the checkpoint's counts, so that a run continues
+    with the table it started with. Refuses a checkpoint without counts and settings other than the checkpoint's.
+
+    Args:
+        checkpoint: the `checkpoint-N` folder.
+        table ([`WeightTable`]): the table this run built.
+        tokenizer: the training tokenizer, to check the checkpoint's counts against.
+        trainer_name (`str`): the class whose checkpoints carry the PDL files, for the error message.
+    """
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_dir():
+        raise FileNotFoundError(
+            f"No checkpoint folder at {checkpoint}. Pass a `checkpoint-N` folder of `output_dir`, or "
+            "`resume_from_checkpoint=True` for the last one."
+        )
+    counts_path = checkpoint / COUNTS_FILE_NAME
+    if not counts_path.exists():
+        raise FileNotFoundError(
+            f"{checkpoint} has no {COUNTS_FILE_NAME}: it was not written by {trainer_name}, so the PDL table of that "
+            "run is unknown. To start PDL from its weights, load them as the model."
+        )
+    counts = TokenCounts.load(counts_path)
+    if not np.array_equal(counts.counts, table.counts.counts):
+        logger.warning(
+            f"The counts saved in {checkpoint} differ from this run's ({table.counts.source}); resuming with the "
+            "checkpoint's, so the weights stay those the run started with."
+        )
+    resumed = WeightTable.build(counts, table.settings, tokenizer, len(table.weights)).to(table.weights.device)
+    _check_settings(checkpoint, resumed)
+    return resumed
+
+
+def _check_settings(checkpoint: Path, table: WeightTable) -> None:
+    path = checkpoint / SETTINGS_FILE_NAME
+    if not path.exists():
+        logger.warning(f"{checkpoint} has no {SETTINGS_FILE_NAME}: the PDL settings it trained with are unknown.")
+        return
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    changed = [
+        f"{key} {saved.get(key)!r} there, {value!r} now"
+        for key, value in table.record.items()
+        if saved.get(key) != value
+    ]
+    if changed:
+        raise ValueError(
+            f"{checkpoint} was trained with other PDL settings ({'; '.join(changed)}). Resume with the settings it "
+            "started with, or start a new run from its weights."
+        )

@@ -1,0 +1,1 @@
+"""Test helpers: tiny offline models and data, files, launch scripts. No tests here."""
