@@ -14,6 +14,9 @@ class PDLSFTConfig(SFTConfig):
     is how often token `t` is a training target, and the loss is `sum(w * nll) / sum(w)` over the completion tokens
     of a whole optimizer step. Paper: https://huggingface.co/papers/2505.16900
 
+    `loss_type="dft"` composes with it: each token's `nll` also times its detached probability, over the same
+    `sum(w)` (at `pdl_alpha=0`, exactly TRL's DFT).
+
     Parameters:
         > Parameters that control the Power-Law Decay Loss
 
@@ -90,9 +93,3 @@ class PDLSFTConfig(SFTConfig):
                 "weights cannot weight. Set `label_smoothing_factor=0.0`."
             )
         super().__post_init__()
-        # After SFTConfig's own checks, which map the deprecated alias `chunked_nll` to `nll`
-        if self.loss_type != "nll":
-            raise ValueError(
-                f"`loss_type={self.loss_type!r}` replaces the loss that PDL re-weights. Keep `loss_type='nll'`, or "
-                "use `trl.SFTTrainer` for DFT."
-            )

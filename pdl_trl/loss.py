@@ -109,7 +109,8 @@ def power_law_decay_loss(
     log_probs: torch.Tensor, token_weights: torch.Tensor, weight_sum: torch.Tensor | None = None
 ) -> torch.Tensor:
     """
-    Weighted negative log-likelihood `sum(w * -log_probs) / weight_sum`.
+    Weighted negative log-likelihood `sum(w * -log_probs) / weight_sum`. `w` may carry more per-token factors than the
+    PDL weight (DFT's detached probability: `PDLSFTTrainer` with `loss_type="dft"`), with `weight_sum` the PDL weights'.
 
     With `weight_sum=None` the denominator is the local `sum(token_weights)`, which equals
     `F.cross_entropy(logits, labels, weight=weights, ignore_index=-100, reduction="mean")`. Pass the weight sum of

@@ -164,13 +164,18 @@ class PDLSFTTrainer(SFTTrainer):
 
         outputs = model(**inputs, fused_lm_head=True)
         token_weights = target_weights(self.pdl_table.weights, inputs["labels"])
+        loss_weights = token_weights
+        if self.args.loss_type == "dft":
+            # DFT: https://huggingface.co/papers/2508.05629 — each token's loss also times its detached probability,
+            # as in SFTTrainer; the normaliser stays the PDL weight sum, so at pdl_alpha=0 this is SFTTrainer's DFT
+            loss_weights = token_weights * outputs.log_probs.exp().detach()
         if mode == "train":
-            loss = power_law_decay_loss(outputs.log_probs, token_weights, self._pdl_step_weight_sum)
+            loss = power_law_decay_loss(outputs.log_probs, loss_weights, self._pdl_step_weight_sum)
             # The weight sum covers every process and DDP averages gradients across processes
             if self.args.average_tokens_across_devices:
                 loss = loss * (self.accelerator.num_processes // self.get_tp_size())
         else:
-            loss = power_law_decay_loss(outputs.log_probs, token_weights)
+            loss = power_law_decay_loss(outputs.log_probs, loss_weights, token_weights.sum())
         if self.aux_loss_enabled:
             # A per-micro-batch mean, as in SFTTrainer: averaged over the accumulation steps in training
             steps = self.current_gradient_accumulation_steps if mode == "train" else 1

@@ -207,18 +207,24 @@ def one_process_qlora(sft_config, tmp_path_factory) -> Path:
     return run_in_process(sft_config, tmp_path_factory.mktemp("one-process-qlora"), *QLORA, "--save_strategy", "no")
 
 
-def test_two_processes_take_the_same_step_as_one(tiny_model_dir, tmp_path):
-    # torchrun directly, the trainer built in the worker: one SGD step of 2 + 2 rows against 4 rows and 2 x 2 rows
+@pytest.mark.parametrize("loss_type", ["nll", "dft"])
+def test_two_processes_take_the_same_step_as_one(tiny_model_dir, tmp_path, loss_type):
+    # torchrun directly, the trainer built in the worker: one SGD step of 2 + 2 rows against 4 rows and 2 x 2 rows;
+    # with TRL's `dft` loss type, PDL x DFT
     command = [
         *(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"),
         *("--master_addr", "127.0.0.1", "--master_port", str(free_port())),
-        *(str(WORKER), str(tiny_model_dir), str(tmp_path / "ddp"), "--batch_size", "2"),
+        *(str(WORKER), str(tiny_model_dir), str(tmp_path / "ddp"), "--batch_size", "2", "--loss_type", loss_type),
     ]
     launch([command], tmp_path)
     ranks = [torch.load(tmp_path / "ddp" / f"result-rank{rank}.pt") for rank in range(2)]
-    one_process = torch.load(train_one_step(str(tiny_model_dir), str(tmp_path / "single"), batch_size=4))
+    one_process = torch.load(
+        train_one_step(str(tiny_model_dir), str(tmp_path / "single"), batch_size=4, loss_type=loss_type)
+    )
     accumulated = torch.load(
-        train_one_step(str(tiny_model_dir), str(tmp_path / "accumulated"), batch_size=2, accumulation=2)
+        train_one_step(
+            str(tiny_model_dir), str(tmp_path / "accumulated"), batch_size=2, accumulation=2, loss_type=loss_type
+        )
     )
 
     assert [r["world_size"] for r in ranks] == [2, 2] and [r["rank"] for r in ranks] == [0, 1]
@@ -232,10 +238,31 @@ def test_two_processes_take_the_same_step_as_one(tiny_model_dir, tmp_path):
         assert result["parameters"].keys() == one_process["parameters"].keys()
         for name, expected in one_process["parameters"].items():
             torch.testing.assert_close(result["parameters"][name], expected, rtol=0, atol=1e-6, msg=name)
-    # The step did move the parameters, so equal parameters mean equal gradients
+    # The step did move the parameters, so equal parameters mean equal gradients (DFT scales each token's gradient by
+    # its probability, about 1/424 on the untrained model)
     initial = dict(AutoModelForCausalLM.from_pretrained(tiny_model_dir).named_parameters())
     moved = max((one_process["parameters"][name] - p.detach()).abs().max().item() for name, p in initial.items())
-    assert moved > 1e-3
+    assert moved > (1e-3 if loss_type == "nll" else 3e-5)
+
+
+def test_dft_at_alpha_zero_on_two_processes_is_sft_trainers_dft(tiny_model_dir, tmp_path):
+    """`loss_type="dft"` at `pdl_alpha=0`, 2 + 2 rows on two processes: the step of `SFTTrainer(loss_type="dft")` on
+    the four rows in one process (the normaliser is the step's token count on every rank in both)."""
+    command = [
+        *(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"),
+        *("--master_addr", "127.0.0.1", "--master_port", str(free_port())),
+        *(str(WORKER), str(tiny_model_dir), str(tmp_path / "ddp"), "--batch_size", "2"),
+        *("--loss_type", "dft", "--alpha", "0"),
+    ]
+    launch([command], tmp_path)
+    ranks = [torch.load(tmp_path / "ddp" / f"result-rank{rank}.pt") for rank in range(2)]
+    sft = torch.load(
+        train_one_step(str(tiny_model_dir), str(tmp_path / "sft"), batch_size=4, loss_type="dft", sft_trainer=True)
+    )
+    for result in ranks:
+        assert result["loss"][0] == pytest.approx(sft["loss"][0], rel=1e-5)
+        for name, expected in sft["parameters"].items():
+            torch.testing.assert_close(result["parameters"][name], expected, rtol=0, atol=1e-6, msg=name)
 
 
 def assert_resumed_from_checkpoint(output_dir: Path, ranks: list[dict], checkpoint_step: int = 2) -> None:

@@ -74,9 +74,10 @@ def completion_token_counts(tokenizer, rows) -> Counter:
     return counts
 
 
-def weighted_cross_entropy_reference(model_dir, dataset, weights) -> float:
+def weighted_cross_entropy_reference(model_dir, dataset, weights, dft: bool = False) -> float:
     """`F.cross_entropy(weight=w)` over the full logits of the untrained model on all rows of `dataset`: the PDL
-    loss of one optimizer step that sees exactly these rows."""
+    loss of one optimizer step that sees exactly these rows. With `dft`, each token's term also times its
+    probability (DFT), over the same weight sum."""
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     weights = weights.cpu()
     total, weight_sum = 0.0, 0.0
@@ -85,7 +86,10 @@ def weighted_cross_entropy_reference(model_dir, dataset, weights) -> float:
         labels = torch.tensor(row["labels"])
         with torch.no_grad():
             logits = model(input_ids=input_ids).logits[0, :-1].double()
-        total += F.cross_entropy(logits, labels[1:], weight=weights.double(), reduction="sum").item()
+        nll = F.cross_entropy(logits, labels[1:], weight=weights.double(), reduction="none")
+        if dft:
+            nll = nll * torch.exp(-F.cross_entropy(logits, labels[1:], reduction="none"))
+        total += nll.sum().item()
         weight_sum += weights[labels[1:][labels[1:] != -100]].double().sum().item()
     return total / weight_sum
 
@@ -121,8 +125,9 @@ def test_table_is_sized_to_the_output_rows_and_counts_completion_tokens(tiny_mod
 # Exactness of the normalisation
 
 
+@pytest.mark.parametrize("loss_type", ["nll", "dft"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_batch_size_and_gradient_accumulation_give_the_same_step(tiny_model_dir, cpu_config, device):
+def test_batch_size_and_gradient_accumulation_give_the_same_step(tiny_model_dir, cpu_config, device, loss_type):
     rows = prompt_completion_dataset(8)
     runs = {}
     for batch_size, accumulation in [(8, 1), (4, 2), (2, 4)]:
@@ -132,29 +137,38 @@ def test_batch_size_and_gradient_accumulation_give_the_same_step(tiny_model_dir,
             gradient_accumulation_steps=accumulation,
             max_steps=1,
             pdl_alpha=1.0,
+            loss_type=loss_type,
             **EXACT_SGD,
             **on(device),
         )
         runs[batch_size, accumulation] = train(tiny_model_dir, args, rows)
 
     full = runs[8, 1]
-    reference = weighted_cross_entropy_reference(tiny_model_dir, full.train_dataset, full.pdl_table.weights)
+    # PDL, or PDL x DFT: sum(w * p * nll) / sum(w), by hand from the full logits
+    reference = weighted_cross_entropy_reference(
+        tiny_model_dir, full.train_dataset, full.pdl_table.weights, dft=loss_type == "dft"
+    )
     assert logged(full, "loss")[0] == pytest.approx(reference, rel=1e-5)
     for key in [(4, 2), (2, 4)]:
         assert logged(runs[key], "loss")[0] == pytest.approx(logged(full, "loss")[0], rel=1e-5), key
         assert max_abs_diff(parameters(runs[key].model), parameters(full.model)) < 1e-6, key
+    # The step moved the parameters far beyond that tolerance. DFT scales each token's gradient by its probability,
+    # about 1/424 on the untrained model, so its step is that much smaller
+    moved = 1e-3 if loss_type == "nll" else 3e-5
     assert (
-        max_abs_diff(parameters(full.model), parameters(AutoModelForCausalLM.from_pretrained(tiny_model_dir))) > 1e-3
+        max_abs_diff(parameters(full.model), parameters(AutoModelForCausalLM.from_pretrained(tiny_model_dir))) > moved
     )
 
 
+@pytest.mark.parametrize("loss_type", ["nll", "dft"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_alpha_zero_reproduces_sft_trainer(tiny_model_dir, cpu_config, device):
+def test_alpha_zero_reproduces_sft_trainer(tiny_model_dir, cpu_config, device, loss_type):
     rows = prompt_completion_dataset(16)
     common = {
         "per_device_train_batch_size": 2,
         "gradient_accumulation_steps": 2,
         "max_steps": 3,
+        "loss_type": loss_type,
         **EXACT_SGD,
         **on(device),
     }
@@ -410,7 +424,6 @@ def test_alpha_zero_nll_equals_loss(tiny_model_dir, cpu_config):
         ({"pdl_alpha": float("inf")}, "`pdl_alpha` must be a finite number >= 0"),
         ({"pdl_epsilon": 0.0}, "`pdl_epsilon` must be a finite number > 0"),
         ({"pdl_epsilon": -1.0}, "`pdl_epsilon` must be a finite number > 0"),
-        ({"loss_type": "dft"}, "Keep `loss_type='nll'`"),
         ({"label_smoothing_factor": 0.1}, "Set `label_smoothing_factor=0.0`"),
     ],
 )
