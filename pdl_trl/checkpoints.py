@@ -6,9 +6,11 @@ table was built from — and what resuming from a checkpoint checks against them
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from transformers.utils import logging
 
 from pdl_trl.atomic import write_text_atomically
@@ -62,6 +64,34 @@ def table_to_resume(checkpoint: str | os.PathLike, table: WeightTable, tokenizer
     resumed = WeightTable.build(counts, table.settings, tokenizer, len(table.weights)).to(table.weights.device)
     _check_settings(checkpoint, resumed)
     return resumed
+
+
+def check_fresh_output_dir(output_dir: str | os.PathLike, table: WeightTable) -> None:
+    """
+    A run that starts afresh (no resume) in a folder holding an earlier run's checkpoints: refused when that run had
+    other PDL settings (its checkpoints would sit beside this run's, and resuming would later pick whichever is last),
+    warned about when it had the same.
+    """
+    checkpoints = [path for path in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*") if path.is_dir()]
+    if not checkpoints:
+        return
+    last = get_last_checkpoint(str(output_dir)) or str(max(checkpoints))
+    settings_path = Path(last) / SETTINGS_FILE_NAME
+    saved = json.loads(settings_path.read_text(encoding="utf-8")) if settings_path.is_file() else None
+    names = ", ".join(sorted(path.name for path in checkpoints))
+    if saved is None or any(saved.get(key) != value for key, value in table.record.items()):
+        raise ValueError(
+            f"{output_dir} holds checkpoints of an earlier run ({names}) with other or unknown PDL settings: this "
+            "run's checkpoints would sit beside them, and resuming would pick whichever is last. Use another "
+            "`output_dir`, or delete those checkpoints."
+        )
+    warnings.warn(
+        f"{output_dir} holds checkpoints of an earlier run with the same PDL settings ({names}). This run starts "
+        "afresh and replaces those of the steps it reaches; to continue that run instead, pass "
+        "`resume_from_checkpoint=True`.",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _check_settings(checkpoint: Path, table: WeightTable) -> None:

@@ -2,6 +2,7 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
+from pdl_trl.spelling import option
 from pdl_trl.weights import PDLSettings
 
 
@@ -93,3 +94,10 @@ class PDLSFTConfig(SFTConfig):
                 "weights cannot weight. Set `label_smoothing_factor=0.0`."
             )
         super().__post_init__()
+        # After SFTConfig's own checks, which map the deprecated alias `chunked_nll` to `nll`; SFTTrainer checks the
+        # value only when it is built, which in a sweep is after other runs trained
+        if self.loss_type not in ("nll", "dft"):
+            raise ValueError(
+                f"{option('loss_type')} must be 'nll' (PDL) or 'dft' (PDL x DFT), got {self.loss_type!r}; PDL is set "
+                f"by the `pdl_*` fields, not by a loss type."
+            )

@@ -110,7 +110,7 @@ def power_law_decay_loss(
 ) -> torch.Tensor:
     """
     Weighted negative log-likelihood `sum(w * -log_probs) / weight_sum`. `w` may carry more per-token factors than the
-    PDL weight (DFT's detached probability: `PDLSFTTrainer` with `loss_type="dft"`), with `weight_sum` the PDL weights'.
+    PDL weight (DFT's detached probability, for `loss_type="dft"`), with `weight_sum` the sum of the PDL weights.
 
     With `weight_sum=None` the denominator is the local `sum(token_weights)`, which equals
     `F.cross_entropy(logits, labels, weight=weights, ignore_index=-100, reduction="mean")`. Pass the weight sum of

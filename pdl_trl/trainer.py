@@ -1,5 +1,6 @@
 import textwrap
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +12,12 @@ from transformers.utils import logging
 from trl import SFTTrainer
 
 from pdl_trl.atomic import write_text_atomically
-from pdl_trl.checkpoints import save_table_files, table_to_resume
+from pdl_trl.checkpoints import check_fresh_output_dir, save_table_files, table_to_resume
 from pdl_trl.compat import keep_4bit_gradients_exact
 from pdl_trl.config import PDLSFTConfig
 from pdl_trl.frequency import TokenCounts, count_completion_tokens, tokenizer_fingerprint
 from pdl_trl.guards import check_counts_cover_train_dataset, check_prepared_trainer, check_trainer_arguments
+from pdl_trl.locking import output_dir_lock
 from pdl_trl.loss import power_law_decay_loss, target_weights
 from pdl_trl.metrics import METRIC_KEYS, completion_metrics, completion_sums
 from pdl_trl.weights import PDLSettings, WeightTable
@@ -297,4 +299,9 @@ class PDLSFTTrainer(SFTTrainer):
             checkpoint = get_last_checkpoint(self.args.output_dir)
         if checkpoint:
             self.pdl_table = table_to_resume(checkpoint, self.pdl_table, self._tokenizer, type(self).__name__)
-        return super().train(resume_from_checkpoint, *args, **kwargs)
+        elif self.args.should_save:
+            check_fresh_output_dir(self.args.output_dir, self.pdl_table)
+        # The process that saves holds the output folder: a second run into it fails instead of replacing its files
+        lock = output_dir_lock(self.args.output_dir, type(self).__name__) if self.args.should_save else nullcontext()
+        with lock:
+            return super().train(resume_from_checkpoint, *args, **kwargs)

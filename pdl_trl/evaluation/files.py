@@ -1,20 +1,26 @@
 """
 The file step of evaluation: the formats `pdl-trl eval` writes and `pdl-trl eval --generations` / `pdl-trl compare`
 read back — generations jsonl (`prompt`, `generation`, `terminated`, optional `reference`, ...) and metrics JSON
-(format `pdl-trl-eval`, described in `docs/evaluation.md`). Every file is written atomically.
+(format `pdl-trl-eval`, described in `docs/evaluation.md`) — and the per-example statistics a sweep run writes for
+its report (numbers only, small enough to commit). Every file is written atomically.
 """
 
 import json
 import math
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
-from pdl_trl.atomic import write_text_atomically
-from pdl_trl.evaluation.metrics import ordered_metrics
+import numpy as np
+
+from pdl_trl.atomic import write_atomically, write_text_atomically
+from pdl_trl.evaluation.metrics import RunStatistics, ordered_metrics
 
 
 EVAL_FORMAT = "pdl-trl-eval"
 EVAL_VERSION = 1
+STATISTICS_FORMAT = "pdl-trl-statistics"
+STATISTICS_VERSION = 1
 
 
 def _json_value(value):
@@ -74,6 +80,37 @@ def read_generations(path: str | os.PathLike) -> list[dict]:
         if "terminated" in row and not isinstance(row["terminated"], bool):
             raise ValueError(f"Row {i} of {path} has `terminated` {row['terminated']!r}: it must be true or false.")
     return rows
+
+
+def write_statistics(path: str | os.PathLike, statistics: RunStatistics, fingerprints: dict) -> None:
+    """
+    Writes a run's per-example statistics of one eval set (numbers only: no prompt, reference or generation text) with
+    the `fingerprints` of what they were scored against, as a compressed numpy file, atomically.
+    """
+    header = {"format": STATISTICS_FORMAT, "version": STATISTICS_VERSION, "fingerprints": fingerprints}
+    arrays = {**statistics.arrays(), "header": np.array(json.dumps(header, sort_keys=True))}
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    write_atomically(path, save)
+
+
+def read_statistics(path: str | os.PathLike) -> tuple[RunStatistics, dict]:
+    """A statistics file ([`write_statistics`]): the statistics and the fingerprints they were scored against."""
+    try:
+        with np.load(path, allow_pickle=False) as content:
+            arrays = {name: content[name] for name in content.files}
+        header = json.loads(str(arrays.pop("header")))
+    except (OSError, ValueError, KeyError) as error:
+        raise ValueError(
+            f"{path} is not a readable statistics file ({error}): restore it from where the run wrote it, or redo "
+            "that run."
+        ) from error
+    if header.get("format") != STATISTICS_FORMAT or header.get("version") != STATISTICS_VERSION:
+        raise ValueError(f"{path} is not a pdl-trl statistics file (format {STATISTICS_FORMAT!r}).")
+    return RunStatistics.from_arrays(arrays), header["fingerprints"]
 
 
 def eval_result(metrics: dict[str, float], details: dict, settings: dict) -> dict:

@@ -10,17 +10,19 @@ from pdl_trl.data_loading import get_split, load_dataset_splits
 
 def load_eval_split(
     name: str, split: str | None = None, config: str | None = None, option: str = "`split`"
-) -> tuple[str, Dataset]:
+) -> tuple[str, Dataset, bool]:
     """
-    `(split, dataset)`: the split of a held-out set to evaluate and its name. The set is a data file (one split,
-    `train`), a `save_to_disk` folder, a data folder or a Hub dataset (with `config`). A given `split` must exist;
-    by default it is the set's only split, or `test` when it has several. `option` is how the user chose the split,
-    for the error that names the splits there are.
+    `(split, dataset, whole)`: the split of a held-out set to evaluate, its name, and whether it is all the set has
+    (its only split, chosen by default: e.g. a data file's `train`). The set is a data file (one split, `train`), a
+    `save_to_disk` folder, a data folder or a Hub dataset (with `config`). A given `split` must exist; by default it is
+    the set's only split, or `test` when it has several. `option` is how the user chose the split, for the error that
+    names the splits there are.
     """
     splits = load_dataset_splits(name, config)
+    whole = split is None and len(splits) == 1
     if split is None:
         split = next(iter(splits)) if len(splits) == 1 else "test"
-    return split, get_split(splits, split, option)
+    return split, get_split(splits, split, option), whole
 
 
 def eval_rows(dataset: Dataset, max_samples: int | None = None) -> list[dict]:

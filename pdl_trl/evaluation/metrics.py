@@ -173,6 +173,20 @@ def chrf_from_statistics(statistics: np.ndarray) -> float:
     return float(_chrf_metric()._compute_score_from_stats([int(round(value)) for value in statistics]).score)
 
 
+# The statistics a run may lack (no references, no counts file, ...): the metrics they define are then undefined
+_OPTIONAL_STATISTICS = (
+    "terminated",
+    "self_information",
+    "rare_tokens",
+    "rare_hits",
+    "rare_reference_types",
+    "rouge_l",
+    "chrf",
+    "nll_sums",
+    "nll_tokens",
+)
+
+
 @dataclass
 class RunStatistics:
     """
@@ -185,10 +199,9 @@ class RunStatistics:
 
     num_examples: int
     lengths: np.ndarray
-    terminated: np.ndarray | None
+    # n -> each example's distinct n-grams; those of n = 1 are its token types
     ngrams: dict[int, _Occurrences]
-    ngram_totals: dict[int, np.ndarray]
-    token_types: _Occurrences
+    terminated: np.ndarray | None = None
     self_information: np.ndarray | None = None
     rare_tokens: np.ndarray | None = None
     rare_hits: np.ndarray | None = None
@@ -220,8 +233,8 @@ class RunStatistics:
             "mean_generation_length": _ratio(tokens, examples),
         }
         for n in DISTINCT_ORDERS:
-            metrics[f"distinct_{n}"] = _distinct(self.ngrams[n], self.ngram_totals[n], m)
-        metrics["unigram_entropy"] = np.array([_entropy(self.token_types.pooled(row)) for row in m])
+            metrics[f"distinct_{n}"] = _distinct(self.ngrams[n], np.maximum(self.lengths - n + 1, 0), m)
+        metrics["unigram_entropy"] = np.array([_entropy(self.ngrams[1].pooled(row)) for row in m])
         if self.self_information is not None:
             metrics["mean_self_information"] = _ratio(m @ self.self_information, tokens)
         if self.rare_tokens is not None:
@@ -234,6 +247,33 @@ class RunStatistics:
         if self.nll_sums is not None:
             metrics["reference_nll"] = _ratio(m @ self.nll_sums, m @ self.nll_tokens)
         return {name: metrics[name] for name in METRIC_NAMES if name in metrics}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The statistics as flat numeric arrays (no text: n-grams are numbered per run), for a statistics file."""
+        arrays = {"num_examples": np.array(self.num_examples), "lengths": self.lengths}
+        for n, occurrences in self.ngrams.items():
+            for name in ("example", "item", "count"):
+                arrays[f"ngrams_{n}_{name}"] = getattr(occurrences, name)
+            arrays[f"ngrams_{n}_num_items"] = np.array(occurrences.num_items)
+        for name in _OPTIONAL_STATISTICS:
+            if getattr(self, name) is not None:
+                arrays[name] = getattr(self, name)
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays) -> "RunStatistics":
+        """The statistics that [`arrays`] gave."""
+        ngrams = {
+            n: _Occurrences(
+                arrays[f"ngrams_{n}_example"],
+                arrays[f"ngrams_{n}_item"],
+                arrays[f"ngrams_{n}_count"],
+                int(arrays[f"ngrams_{n}_num_items"]),
+            )
+            for n in DISTINCT_ORDERS
+        }
+        optional = {name: arrays[name] for name in _OPTIONAL_STATISTICS if name in arrays}
+        return cls(int(arrays["num_examples"]), arrays["lengths"], ngrams=ngrams, **optional)
 
     def whole_set_metrics(self) -> dict[str, float]:
         """[`metrics`] of the whole set, as floats (`math.nan` where undefined): what `pdl-trl eval` reports."""
@@ -271,8 +311,6 @@ def example_statistics(
         lengths=lengths,
         terminated=None if terminated is None else np.array(terminated, dtype=np.float64),
         ngrams={n: _Occurrences.of([_ngrams(ids, n) for ids in generation_ids]) for n in DISTINCT_ORDERS},
-        ngram_totals={n: np.maximum(lengths - n + 1, 0) for n in DISTINCT_ORDERS},
-        token_types=_Occurrences.of(generation_ids),
     )
     if information is not None:
         _check_ids_in_counts(generation_ids, len(information))

@@ -111,10 +111,11 @@ def score(
     statistics = statistics_of_texts(
         generations, tokenizer, references=references, counts=counts, rare_mass=rare_mass, terminated=terminated
     )
-    return statistics.whole_set_metrics(), _details(statistics, counts, rare_mass)
+    return statistics.whole_set_metrics(), statistics_details(statistics, counts, rare_mass)
 
 
-def _details(statistics: RunStatistics, counts: np.ndarray | None, rare_mass: float) -> dict:
+def statistics_details(statistics: RunStatistics, counts: np.ndarray | None, rare_mass: float) -> dict:
+    """The `details` of a metrics file: how many examples and tokens, and the rare-token threshold of the counts."""
     details: dict = {"num_examples": statistics.num_examples, "num_generated_tokens": int(statistics.lengths.sum())}
     if counts is not None:
         details.update(
@@ -168,16 +169,14 @@ def score_generation_rows(
     if with_reference_nll and model is not None and "reference" in rows[0]:
         _add_reference_nll(model, tokenizer, rows, batch_size, show_progress)
     statistics = run_statistics(rows, tokenizer, counts=counts, rare_mass=rare_mass)
-    return statistics.whole_set_metrics(), _details(statistics, counts, rare_mass)
+    return statistics.whole_set_metrics(), statistics_details(statistics, counts, rare_mass)
 
 
-def evaluate_model(
+def generate_rows(
     model,
     tokenizer,
     rows: Sequence[dict],
     *,
-    counts: np.ndarray | None = None,
-    rare_mass: float = DEFAULT_RARE_MASS,
     with_reference_nll: bool = True,
     max_new_tokens: int = 128,
     do_sample: bool = False,
@@ -186,15 +185,12 @@ def evaluate_model(
     batch_size: int = 8,
     seed: int = 0,
     show_progress: bool = True,
-) -> tuple[dict[str, float], dict, list[dict]]:
+) -> list[dict]:
     """
-    Generates a completion for each row's `prompt` and scores it, against the row's `completion` when there is one.
-
-    Returns:
-        `(metrics, details, generation_rows)`: as [`score_generation_rows`], and rows `{"prompt", "generation",
-        "terminated", "reference", "reference_nll_sum", "reference_num_tokens"}` for a generations file (the last
-        three with references; the NLL sum in nats over the reference's scored tokens, so that any subset's
-        `reference_nll` can be computed from the rows).
+    Generates a completion for each row's `prompt`: rows `{"prompt", "generation", "terminated", "reference",
+    "reference_nll_sum", "reference_num_tokens"}` for a generations file (the last three when the rows have a
+    `completion`; the NLL sum in nats over the reference's scored tokens, so that any subset's `reference_nll` can be
+    computed from the rows).
     """
     prompts = [row["prompt"] for row in rows]
     has_references = "completion" in rows[0]
@@ -221,5 +217,26 @@ def evaluate_model(
             out["reference"] = row["completion"]
         if with_reference_nll:
             _add_reference_nll(model, tokenizer, generation_rows, batch_size, show_progress)
+    return generation_rows
+
+
+def evaluate_model(
+    model,
+    tokenizer,
+    rows: Sequence[dict],
+    *,
+    counts: np.ndarray | None = None,
+    rare_mass: float = DEFAULT_RARE_MASS,
+    **generation,
+) -> tuple[dict[str, float], dict, list[dict]]:
+    """
+    Generates a completion for each row's `prompt` ([`generate_rows`], which takes the `generation` keywords) and
+    scores it, against the row's `completion` when there is one.
+
+    Returns:
+        `(metrics, details, generation_rows)`: as [`score_generation_rows`], and the rows of [`generate_rows`].
+    """
+    generation_rows = generate_rows(model, tokenizer, rows, **generation)
     statistics = run_statistics(generation_rows, tokenizer, counts=counts, rare_mass=rare_mass)
-    return statistics.whole_set_metrics(), _details(statistics, counts, rare_mass), generation_rows
+    details = statistics_details(statistics, counts, rare_mass)
+    return statistics.whole_set_metrics(), details, generation_rows

@@ -54,6 +54,11 @@ class Difference:
     undefined_resamples: int
 
     @property
+    def interval(self) -> int:
+        """`+1` or `-1` when the interval excludes 0 on that side, else 0 (whatever the seeds say)."""
+        return 1 if self.low > 0 else -1 if self.high < 0 else 0
+
+    @property
     def shown(self) -> int:
         """
         `+1` or `-1` when the data show a difference in that direction: the interval excludes 0 and every seed's

@@ -121,7 +121,7 @@ def _load_rows(args) -> tuple[list[dict], dict]:
     """The rows to score or generate for, and the settings that name them."""
     if args.generations is not None:
         return read_generations(args.generations)[: args.max_samples], {"generations": args.generations}
-    split, dataset = load_eval_split(
+    split, dataset, _ = load_eval_split(
         args.dataset_name, args.dataset_test_split, args.dataset_config, "`--dataset_test_split`"
     )
     return eval_rows(dataset, args.max_samples), {"dataset": args.dataset_name, "split": split}

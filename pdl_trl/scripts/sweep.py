@@ -9,12 +9,16 @@ The config file's top-level keys are `pdl-trl sft` arguments, shared by every ru
 ```bash
 pdl-trl sweep --config examples/sweeps/pydoc_qa.yaml --model_name_or_path ~/.cache/pdl-trl/smollm2-135m-instruct
 pdl-trl sweep --config sweep.yaml --max_steps 2 --output_dir outputs/sweep-smoke
+pdl-trl sweep --config sweep.yaml --runs sft:0,pdl:0          # one machine's share of the runs
+pdl-trl sweep --config sweep.yaml --report_only                # the report from the runs gathered in output_dir
 ```
 
-Writes into `output_dir`: a folder per run (`<variant>/seed-<seed>/`: adapter, `pdl_counts.json`, `eval/<set>.*`,
-`run.json` last), then `report.md`, `report.json` and `report.png`. Restarted, the sweep keeps finished runs (those
-with a `run.json` of the same settings) and redoes unfinished ones from scratch; a finished run with other settings
-is refused. Docs: docs/cli.md, docs/evaluation.md.
+Writes into `output_dir`: a folder per run (`<variant>/seed-<seed>/`: adapter, `pdl_counts.json`, `eval/<set>.*` with
+the per-example statistics `eval/<set>.statistics.npz`, `run.json` last), then `report.md`, `report.json` and
+`report.png` from every run finished so far. Restarted, the sweep keeps finished runs (those with a `run.json` of the
+same settings) and redoes unfinished ones from scratch; a finished run with other settings is refused. A run's
+`run.json` and statistics files are all the report needs of it, so runs made elsewhere can be copied in and pooled.
+Docs: docs/cli.md, docs/evaluation.md.
 """
 
 import shlex
@@ -42,6 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
     from tqdm.auto import tqdm
 
     from pdl_trl.extras import check_eval_extra, import_extra
+    from pdl_trl.locking import output_dir_lock
     from pdl_trl.sweep import check_config_file, plan_sweep, train_and_evaluate, write_report
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -56,17 +61,28 @@ def main(argv: list[str] | None = None) -> dict:
     if len(arguments.seeds) == 1:
         print("One seed: the seed-to-seed spread is not measured. Give two or more `seeds` to measure it.")
 
-    with tqdm(sweep.runs, desc="pdl-trl sweep", unit="run") as bar:
-        for run in bar:
-            bar.set_postfix_str(run.name)
+    with output_dir_lock(sweep.output_dir, "pdl-trl sweep"):
+        for run in sweep.runs:
             if run.finished:
-                tqdm.write(f"{run.name}: finished earlier, kept ({run.directory})")
-                continue
-            train_and_evaluate(sweep, run)
-            tqdm.write(f"{run.name}: trained and evaluated ({run.directory})")
+                print(f"{run.name}: finished earlier, kept ({run.directory})")
+        # Only the runs to train count: kept runs would make the first runs look instant and the ETA wrong
+        to_train = sweep.runs_to_train
+        with tqdm(to_train, desc="pdl-trl sweep", unit="run") as bar:
+            for run in bar:
+                bar.set_postfix_str(run.name)
+                train_and_evaluate(sweep, run)
+                tqdm.write(f"{run.name}: trained and evaluated ({run.directory})")
+        report = write_report(sweep)
 
-    report = write_report(sweep)
+    if report is None:
+        print(
+            "No report yet: no variant has a finished run beside the baseline's of the same seed. Run those, e.g. "
+            f"`--runs {arguments.baseline}:{arguments.seeds[0]}`, then `--report_only`."
+        )
+        return {}
     print("\n".join(["", *report["verdicts"].values(), ""]))
+    if report["missing_runs"]:
+        print(f"Not finished yet, so not in the report: {', '.join(report['missing_runs'])}.")
     print(f"Report: {sweep.output_dir / 'report.md'}, report.json, report.png")
     return report
 

@@ -20,8 +20,16 @@ from pdl_trl.evaluation.metrics import DEFAULT_RARE_MASS
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 EVAL_SET_KEYS = ("path", "split", "config", "max_samples", "max_new_tokens")
 # The PDL fields a variant may set: every `pdl_*` field but the counts, which every run must share
-VARIANT_FIELDS = {f.name: f for f in fields(PDLSFTConfig) if f.name.startswith("pdl_") and f.name != "pdl_counts_path"}
+# The fields a variant may set: every `pdl_*` field but the counts, which every run must share, and TRL's `loss_type`
+# (`nll` or DFT), so that DFT and PDL x DFT sit beside SFT and PDL in one report
+VARIANT_FIELDS = {
+    f.name: f
+    for f in fields(PDLSFTConfig)
+    if (f.name.startswith("pdl_") and f.name != "pdl_counts_path") or f.name == "loss_type"
+}
 MIN_BOOTSTRAP_RESAMPLES = 100
+# Files of the sweep's folder, which a variant's folder must not take
+RESERVED_NAMES = ("report.md", "report.json", "report.png", "statistics")
 
 
 @dataclass
@@ -52,6 +60,12 @@ class SweepArguments:
             Seed of the bootstrap's prompt draws.
         side_by_side (`int`, *optional*, defaults to `3`):
             Prompts of each eval set whose generations the report shows side by side.
+        runs (`str` or `list[str]`, *optional*):
+            Only these runs, `variant:seed` each (`--runs pdl-0.25:0,sft:1`), so that machines, GPUs or job-array tasks
+            can share a sweep; the report is written from every run finished so far.
+        report_only (`bool`, *optional*, defaults to `False`):
+            Train nothing: write the report from the runs finished in `output_dir` (e.g. gathered from several
+            machines, or their committed statistics).
     """
 
     seeds: list[int] | None = field(default=None, metadata={"help": "Seeds: every variant is trained once per seed."})
@@ -73,13 +87,20 @@ class SweepArguments:
     bootstrap_resamples: int = field(default=2000, metadata={"help": "Resamples of the paired bootstrap."})
     bootstrap_seed: int = field(default=0, metadata={"help": "Seed of the bootstrap's prompt draws."})
     side_by_side: int = field(default=3, metadata={"help": "Prompts per eval set shown side by side in the report."})
+    runs: str | None = field(
+        default=None,
+        metadata={"help": "Only these runs, `variant:seed` each, comma-separated (`pdl-0.25:0,sft:1`). Default: all."},
+    )
+    report_only: bool = field(
+        default=False, metadata={"help": "Train nothing: write the report from the runs finished in output_dir."}
+    )
 
     def __post_init__(self):
         # From the command line a mapping comes as a JSON string, as TrainingArguments' dict fields do
-        if isinstance(self.variants, str):
-            self.variants = json.loads(self.variants)
-        if isinstance(self.eval_datasets, str):
-            self.eval_datasets = json.loads(self.eval_datasets)
+        self.variants = _mapping("variants", self.variants)
+        self.eval_datasets = _mapping("eval_datasets", self.eval_datasets)
+        if isinstance(self.seeds, int) and not isinstance(self.seeds, bool):
+            raise ValueError(f"`seeds` is a list of seeds, got {self.seeds}: write `seeds: [{self.seeds}]`.")
         if not self.seeds:
             raise ValueError("`seeds` is empty: give at least one, e.g. `seeds: [0, 1]` (two show the seed spread).")
         if any(isinstance(s, bool) or not isinstance(s, int) for s in self.seeds) or len(set(self.seeds)) < len(
@@ -124,6 +145,49 @@ class SweepArguments:
             )
         if self.side_by_side < 0:
             raise ValueError(f"`side_by_side` must be >= 0, got {self.side_by_side}.")
+        self.runs = _run_names(self.runs, self.variants, self.seeds)
+        if self.report_only and self.runs is not None:
+            raise ValueError("`report_only` trains nothing, so `runs` chooses nothing: give one of them.")
+
+    @property
+    def selected_runs(self) -> set[tuple[str, int]] | None:
+        """The `(variant, seed)` pairs that `runs` chose, or None for every run."""
+        if self.runs is None:
+            return None
+        return {(name, int(seed)) for name, seed in (entry.rsplit(":", 1) for entry in self.runs)}
+
+
+def _mapping(key: str, value):
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"`--{key}` is not JSON ({error}): on the command line it is a JSON object, e.g. "
+            f"`--{key} '{{\"name\": {{...}}}}'`; in the config file, a YAML mapping."
+        ) from None
+
+
+def _run_names(runs, variants: dict, seeds: list[int]) -> list[str] | None:
+    """`runs` as a list of `variant:seed` names, each checked against the variants and seeds."""
+    if runs is None:
+        return None
+    entries = runs.replace(",", " ").split() if isinstance(runs, str) else runs
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"`runs` takes `variant:seed` names, e.g. `--runs sft:0,pdl:0`; got {runs!r}.")
+    names = []
+    for entry in entries:
+        variant, _, seed = str(entry).rpartition(":")
+        if variant not in variants or not seed.lstrip("-").isdigit() or int(seed) not in seeds:
+            raise ValueError(
+                f"`runs` entry {entry!r} is no run of this sweep: write `variant:seed` with a variant of "
+                f"{list(variants)} and a seed of {seeds}, e.g. `{next(iter(variants))}:{seeds[0]}`."
+            )
+        names.append(f"{variant}:{int(seed)}")
+    if len(set(names)) < len(names):
+        raise ValueError(f"`runs` names a run twice: {names}.")
+    return names
 
 
 def _check_name(kind: str, name) -> None:
@@ -132,6 +196,8 @@ def _check_name(kind: str, name) -> None:
             f"The {kind} name {name!r} is used as a file name: use letters, digits, `.`, `_` and `-`, starting with a "
             "letter or digit."
         )
+    if name in RESERVED_NAMES:
+        raise ValueError(f"The {kind} name {name!r} is a file the sweep writes into its folder: choose another name.")
 
 
 def _matches(value, annotation) -> bool:
@@ -163,8 +229,8 @@ def _check_variant_field(variant: str, key, value) -> None:
                 f"set {sorted(VARIANT_FIELDS)}."
             )
         raise ValueError(
-            f"Variant {variant!r} sets `{key}`: a variant may set only `pdl_*` fields, so that nothing else differs "
-            f"between runs. Set `{key}` at the top level of the config, for every run."
+            f"Variant {variant!r} sets `{key}`: a variant may set only `pdl_*` fields and `loss_type`, so that "
+            f"nothing else differs between runs. Set `{key}` at the top level of the config, for every run."
         )
     annotation = VARIANT_FIELDS[key].type
     if not _matches(value, annotation):

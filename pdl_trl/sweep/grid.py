@@ -4,6 +4,7 @@ that decide their results ([`plan_sweep`]). Everything a config can get wrong is
 [`~pdl_trl.sweep.config.SweepArguments`], before anything is trained.
 """
 
+import hashlib
 import json
 import typing
 from dataclasses import asdict, dataclass, fields, replace
@@ -13,7 +14,6 @@ from pdl_trl.config import PDLSFTConfig
 from pdl_trl.data_loading import get_split, load_dataset_splits
 from pdl_trl.evaluation.files import json_text
 from pdl_trl.evaluation.heldout import eval_rows, load_eval_split
-from pdl_trl.frequency import COUNTS_FILE_NAME
 from pdl_trl.spelling import YAML, option, options_written_in
 from pdl_trl.sweep.config import SweepArguments
 
@@ -34,6 +34,22 @@ class EvalSet:
     max_samples: int | None
     max_new_tokens: int
     rows: list[dict]
+    # Whether `split` is the only split there is (a single data file's `train`): the set is all of the file's rows
+    whole: bool = False
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the rows (prompts and references): results scored against other rows are not comparable."""
+        return "sha256:" + hashlib.sha256(json_text({"rows": self.rows}).encode()).hexdigest()
+
+    @property
+    def num_distinct_prompts(self) -> int:
+        return len({json.dumps(row["prompt"], sort_keys=True) for row in self.rows})
+
+    @property
+    def label(self) -> str:
+        """How the report names where the rows come from: a split, or all rows of a file that has no splits."""
+        return f"all rows of {self.path}" if self.whole else f"{self.path} [{self.split}]"
 
     @property
     def settings(self) -> dict:
@@ -43,6 +59,7 @@ class EvalSet:
             "config": self.config,
             "max_samples": self.max_samples,
             "max_new_tokens": self.max_new_tokens,
+            "rows_sha256": self.fingerprint,
         }
 
 
@@ -71,6 +88,9 @@ class Run:
     def metrics_path(self, eval_set: str) -> Path:
         return self.directory / "eval" / f"{eval_set}.metrics.json"
 
+    def statistics_path(self, eval_set: str) -> Path:
+        return self.directory / "eval" / f"{eval_set}.statistics.npz"
+
 
 @dataclass
 class Sweep:
@@ -92,8 +112,14 @@ class Sweep:
         return Path(self.training_args.output_dir)
 
     @property
-    def reference_counts_path(self) -> Path:
-        return self.runs[0].directory / COUNTS_FILE_NAME
+    def runs_to_train(self) -> list[Run]:
+        """The unfinished runs among those chosen (`runs`; all by default), in order; none with `report_only`."""
+        if self.arguments.report_only:
+            return []
+        selected = self.arguments.selected_runs
+        return [
+            run for run in self.runs if not run.finished and (selected is None or (run.variant, run.seed) in selected)
+        ]
 
 
 def _check_shared_settings(training_args: PDLSFTConfig) -> None:
@@ -158,10 +184,10 @@ def _variant_configs(training_args: PDLSFTConfig, arguments: SweepArguments) -> 
 
 
 def _check_baseline(name: str, baseline: PDLSFTConfig) -> None:
-    if not (baseline.pdl_alpha == 0 or baseline.pdl_mix == 0):
+    if not (baseline.pdl_alpha == 0 or baseline.pdl_mix == 0) or baseline.loss_type != "nll":
         raise ValueError(
-            f"The baseline {name!r} is not plain SFT (pdl_alpha={baseline.pdl_alpha}, pdl_mix={baseline.pdl_mix}): "
-            "give it `pdl_alpha: 0.0` (or `pdl_mix: 0.0`)."
+            f"The baseline {name!r} is not plain SFT (pdl_alpha={baseline.pdl_alpha}, pdl_mix={baseline.pdl_mix}, "
+            f"loss_type={baseline.loss_type!r}): give it `pdl_alpha: 0.0` (or `pdl_mix: 0.0`) and `loss_type: nll`."
         )
 
 
@@ -185,7 +211,9 @@ def _load_eval_sets(arguments: SweepArguments) -> list[EvalSet]:
     eval_sets = []
     for name, spec in arguments.eval_datasets.items():
         try:
-            split, dataset = load_eval_split(spec["path"], spec.get("split"), spec.get("config"), "its `split` key")
+            split, dataset, whole = load_eval_split(
+                spec["path"], spec.get("split"), spec.get("config"), "its `split` key"
+            )
             rows = eval_rows(dataset, spec.get("max_samples"))
         except (FileNotFoundError, ValueError) as error:
             raise ValueError(f"Eval set {name!r}: {error}") from None
@@ -193,7 +221,16 @@ def _load_eval_sets(arguments: SweepArguments) -> list[EvalSet]:
             raise ValueError(f"Eval set {name!r} ({spec['path']}) has no rows.")
         max_new_tokens = spec.get("max_new_tokens") or arguments.max_new_tokens
         eval_sets.append(
-            EvalSet(name, spec["path"], split, spec.get("config"), spec.get("max_samples"), max_new_tokens, rows)
+            EvalSet(
+                name,
+                spec["path"],
+                split,
+                spec.get("config"),
+                spec.get("max_samples"),
+                max_new_tokens,
+                rows,
+                whole,
+            )
         )
     return eval_sets
 

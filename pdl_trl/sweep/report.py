@@ -1,7 +1,7 @@
 """
-The report step of a sweep: every finished run's generations files → the differences from the baseline with their
-paired bootstrap intervals ([`~pdl_trl.evaluation.statistics.paired_bootstrap`]) → `report.json`, `report.md` and
-`report.png` in the sweep's folder, each written atomically.
+The report step of a sweep: the pooled runs' statistics ([`~pdl_trl.sweep.pooling.pool_runs`]) → the differences
+from the baseline with their paired bootstrap intervals ([`~pdl_trl.evaluation.statistics.paired_bootstrap`]) →
+`report.json`, `report.md` and `report.png` in the sweep's folder, each written atomically.
 """
 
 import json
@@ -12,12 +12,11 @@ import numpy as np
 
 from pdl_trl.atomic import write_atomically, write_text_atomically
 from pdl_trl.evaluation.files import read_generations, write_json
-from pdl_trl.evaluation.scoring import run_statistics
 from pdl_trl.evaluation.statistics import CONFIDENCE, bootstrap_indices, paired_bootstrap
 from pdl_trl.evaluation.tokens import completion_text
 from pdl_trl.extras import import_extra
-from pdl_trl.frequency import TokenCounts
-from pdl_trl.sweep.grid import RUN_FILE, Sweep
+from pdl_trl.sweep.grid import Sweep
+from pdl_trl.sweep.pooling import Pool, pool_runs
 from pdl_trl.sweep.runs import environment
 
 
@@ -44,110 +43,119 @@ def _difference_text(difference: dict) -> str:
 
 
 def verdict_line(variant: str, baseline: str, results: dict) -> str:
-    """What the intervals support for one variant, eval set by eval set; every other metric: no difference shown."""
+    """
+    What the data support for one variant, eval set by eval set: differences shown (interval and every seed agree),
+    differences the interval alone shows while the seeds disagree, and no verdict where the data cannot carry one.
+    """
     parts = []
     for eval_set, result in results.items():
-        differences = result["differences"][variant]
+        if result["no_verdict"]:
+            parts.append(f"{eval_set}: no verdict ({result['no_verdict']})")
+            continue
+        differences = result["differences"].get(variant)
+        if differences is None:
+            parts.append(f"{eval_set}: no run of it beside the baseline's of the same seed yet")
+            continue
         shown = [
             f"{'higher' if difference['shown'] > 0 else 'lower'} {metric} ({_difference_text(difference)})"
             for metric, difference in differences.items()
             if difference["shown"]
         ]
-        if shown:
-            rest = len(differences) - len(shown)
+        interval_only = [
+            f"{metric} {'above' if difference['interval'] > 0 else 'below'} 0 by its interval but the seeds disagree "
+            f"({_difference_text(difference)})"
+            for metric, difference in differences.items()
+            if difference["interval"] and not difference["shown"]
+        ]
+        rest = len(differences) - len(shown) - len(interval_only)
+        found = shown + interval_only
+        if found:
             parts.append(
-                f"{eval_set}: " + "; ".join(shown) + (f"; no difference shown in the other {rest}" if rest else "")
+                f"{eval_set}: " + "; ".join(found) + (f"; no difference shown in the other {rest}" if rest else "")
             )
         else:
             parts.append(f"{eval_set}: no difference shown")
     return f"**{variant}** against {baseline}: " + ". ".join(parts) + "."
 
 
-def _statistics(sweep: Sweep) -> tuple[dict, dict]:
-    """Per eval set: the runs' [`RunStatistics`] by variant (in seed order), and the prompts' rows of the baseline."""
-    from transformers import AutoTokenizer
-
-    # The tokenizer the runs were evaluated with: the one the first run saved
-    tokenizer = AutoTokenizer.from_pretrained(sweep.runs[0].directory)
-    counts = TokenCounts.load(sweep.reference_counts_path).counts
-    statistics, rows_by_set = {}, {}
-    for eval_set in sweep.eval_sets:
-        by_variant, rows_of = {}, {}
-        for run in sweep.runs:
-            rows = read_generations(run.generations_path(eval_set.name))
-            prompts = [row["prompt"] for row in rows]
-            if prompts != [row["prompt"] for row in eval_set.rows]:
-                raise ValueError(
-                    f"{run.generations_path(eval_set.name)} has other prompts than eval set {eval_set.name!r}: delete "
-                    f"{run.directory} to redo the run."
-                )
-            by_variant.setdefault(run.variant, []).append(
-                run_statistics(rows, tokenizer, counts=counts, rare_mass=sweep.arguments.rare_mass)
-            )
-            rows_of[run.variant, run.seed] = rows
-        statistics[eval_set.name], rows_by_set[eval_set.name] = by_variant, rows_of
-    return statistics, rows_by_set
-
-
-def _side_by_side(sweep: Sweep, rows_by_set: dict) -> dict:
-    seed = sweep.arguments.seeds[0]
+def _side_by_side(sweep: Sweep, pool: Pool) -> dict:
+    """The first prompts of each eval set with every variant's generation, from the first seed whose runs all kept
+    their generations files (runs gathered as statistics only have none)."""
+    seed = next(
+        (
+            seed
+            for seed in sweep.arguments.seeds
+            if all(run.generations_path(sweep.eval_sets[0].name).is_file() for run in pool.runs if run.seed == seed)
+            and any(run.seed == seed for run in pool.runs)
+        ),
+        None,
+    )
     shown = {}
     for eval_set in sweep.eval_sets:
-        rows = rows_by_set[eval_set.name]
+        runs = [run for run in pool.runs if run.seed == seed]
+        rows = {run.variant: read_generations(run.generations_path(eval_set.name)) for run in runs}
         examples = []
-        for i in range(min(sweep.arguments.side_by_side, len(eval_set.rows))):
-            baseline_row = rows[sweep.arguments.baseline, seed][i]
+        for i in range(min(sweep.arguments.side_by_side, len(eval_set.rows)) if rows else 0):
+            row = eval_set.rows[i]
             examples.append(
                 {
-                    "prompt": completion_text(baseline_row["prompt"]),
-                    "reference": completion_text(baseline_row["reference"]) if "reference" in baseline_row else None,
-                    "generations": {
-                        variant: rows[variant, seed][i]["generation"] for variant in sweep.arguments.variants
-                    },
+                    "prompt": completion_text(row["prompt"]),
+                    "reference": completion_text(row["completion"]) if "completion" in row else None,
+                    "generations": {variant: rows[variant][i]["generation"] for variant in rows},
                 }
             )
         shown[eval_set.name] = {"seed": seed, "examples": examples}
     return shown
 
 
-def sweep_report(sweep: Sweep) -> dict:
+def _eval_set_result(sweep: Sweep, pool: Pool, eval_set) -> dict:
+    """Means per variant, and each variant's differences from the baseline over the seeds they share."""
+    arguments = sweep.arguments
+    statistics = pool.statistics[eval_set.name]
+    means = {}
+    for variant in arguments.variants:
+        seeds = [run.seed for run in pool.runs if run.variant == variant]
+        if seeds:
+            whole = [statistics[variant, seed].whole_set_metrics() for seed in seeds]
+            means[variant] = {metric: float(np.mean([m[metric] for m in whole])) for metric in whole[0]}
+    indices = bootstrap_indices(len(eval_set.rows), arguments.bootstrap_resamples, arguments.bootstrap_seed)
+    differences = {}
+    for variant in arguments.variants:
+        seeds = pool.paired_seeds(variant, arguments.baseline, arguments.seeds)
+        if variant == arguments.baseline or not seeds:
+            continue
+        bootstrap = paired_bootstrap(
+            [statistics[variant, seed] for seed in seeds],
+            [statistics[arguments.baseline, seed] for seed in seeds],
+            indices,
+        )
+        differences[variant] = {
+            metric: {**vars(difference), "seeds": seeds, "shown": difference.shown, "interval": difference.interval}
+            for metric, difference in bootstrap.items()
+        }
+    return {
+        "num_prompts": len(eval_set.rows),
+        "distinct_prompts": eval_set.num_distinct_prompts,
+        "max_new_tokens": eval_set.max_new_tokens,
+        "no_verdict": pool.verdict_blocker(eval_set.num_distinct_prompts),
+        "means": means,
+        "differences": differences,
+    }
+
+
+def sweep_report(sweep: Sweep, pool: Pool) -> dict:
     """
     The content of `report.json`: settings, environment, per-run metrics, and for every eval set, non-baseline variant
-    and metric the difference from the baseline with its paired bootstrap interval over prompts, pooled across seeds,
-    the seed-to-seed spread and whether a difference is shown (`shown`: +1, -1 or 0), plus one verdict line per
-    variant.
+    and metric the difference from the baseline with its paired bootstrap interval over prompts, pooled across the
+    seeds both finished, the seed-to-seed spread, whether the interval excludes 0 (`interval`: +1, -1 or 0) and
+    whether a difference is shown (`shown`: the interval's sign when every seed agrees with it, else 0), plus one
+    verdict line per variant. Runs not finished yet are listed in `missing_runs`.
     """
     arguments = sweep.arguments
-    statistics, rows_by_set = _statistics(sweep)
-    results = {}
-    for eval_set in sweep.eval_sets:
-        by_variant = statistics[eval_set.name]
-        full_set = np.ones((1, len(eval_set.rows)))
-        full_set_metrics = {variant: [run.metrics(full_set) for run in runs] for variant, runs in by_variant.items()}
-        means = {
-            variant: {metric: float(np.mean([m[metric][0] for m in seeds])) for metric in seeds[0]}
-            for variant, seeds in full_set_metrics.items()
-        }
-        indices = bootstrap_indices(len(eval_set.rows), arguments.bootstrap_resamples, arguments.bootstrap_seed)
-        differences = {
-            variant: {
-                metric: {**vars(difference), "shown": difference.shown}
-                for metric, difference in paired_bootstrap(runs, by_variant[arguments.baseline], indices).items()
-            }
-            for variant, runs in by_variant.items()
-            if variant != arguments.baseline
-        }
-        results[eval_set.name] = {
-            "num_prompts": len(eval_set.rows),
-            "max_new_tokens": eval_set.max_new_tokens,
-            "means": means,
-            "differences": differences,
-        }
-
+    results = {eval_set.name: _eval_set_result(sweep, pool, eval_set) for eval_set in sweep.eval_sets}
     runs = {}
-    for run in sweep.runs:
-        with open(run.directory / RUN_FILE, encoding="utf-8") as f:
-            content = json.load(f)
+    for run in pool.runs:
+        content = pool.contents[run.variant, run.seed]
         runs.setdefault(run.variant, {})[str(run.seed)] = {
             "directory": str(run.directory),
             "training": content["training"],
@@ -155,35 +163,38 @@ def sweep_report(sweep: Sweep) -> dict:
             "timings_s": content["timings_s"],
             "environment": content["environment"],
         }
+    environments = [run["environment"] for seeds in runs.values() for run in seeds.values()]
     variants = [variant for variant in arguments.variants if variant != arguments.baseline]
     return {
         "format": REPORT_FORMAT,
-        "version": 1,
+        "version": 2,
         "environment": environment(sweep.training_args.use_cpu),
-        # What the runs ran on and with: a sweep restarted elsewhere or after a code change shows it here
-        "run_hardware": sorted({run["environment"]["hardware"] for seeds in runs.values() for run in seeds.values()}),
-        "run_commits": sorted(
-            {str(run["environment"]["pdl_trl_commit"]) for seeds in runs.values() for run in seeds.values()}
-        ),
+        # What the runs ran on and with: a sweep split over machines, or restarted after a code change, shows it here
+        "run_hardware": sorted({env["hardware"] for env in environments}),
+        "run_commits": sorted({str(env["pdl_trl_commit"]) for env in environments}),
         "command": sweep.command,
         "config_file": sweep.config_text,
         "seeds": arguments.seeds,
         "baseline": arguments.baseline,
         "variants": arguments.variants,
+        "missing_runs": [run.name for run in sweep.runs if not run.finished],
         "eval_datasets": {
-            eval_set.name: {**eval_set.settings, "num_prompts": len(eval_set.rows)} for eval_set in sweep.eval_sets
+            eval_set.name: {**eval_set.settings, "label": eval_set.label, "num_prompts": len(eval_set.rows)}
+            for eval_set in sweep.eval_sets
         },
+        "fingerprints": pool.fingerprints,
         "bootstrap": {
             "resamples": arguments.bootstrap_resamples,
             "seed": arguments.bootstrap_seed,
             "confidence": CONFIDENCE,
-            "method": "paired percentile bootstrap over prompts, the same draws for every run, pooled across seeds",
+            "method": "paired percentile bootstrap over prompts, the same draws for every run, pooled across the "
+            "seeds both runs finished",
         },
         "shared_settings": sweep.runs[0].settings,
         "runs": runs,
         "results": results,
         "verdicts": {variant: verdict_line(variant, arguments.baseline, results) for variant in variants},
-        "side_by_side": _side_by_side(sweep, rows_by_set),
+        "side_by_side": _side_by_side(sweep, pool),
     }
 
 
@@ -209,19 +220,28 @@ def report_markdown(report: dict) -> str:
         "## Verdicts",
         "",
         f"A difference from the baseline `{baseline}` is shown only when its {CONFIDENCE:.0%} paired bootstrap "
-        f"interval over prompts (pooled across the {len(seeds)} seed(s), {report['bootstrap']['resamples']} "
-        "resamples) excludes 0 **and** every seed's difference has the same sign; everything else is no difference "
-        "shown. Δ = variant − baseline: the mean over seeds, [interval], and the seed-to-seed spread.",
+        f"interval over prompts (pooled across the seeds both runs finished, {report['bootstrap']['resamples']} "
+        "resamples) excludes 0 **and** every seed's difference has the same sign. An interval that excludes 0 while "
+        "the seeds disagree is listed as such (a rule that counts losses by the interval alone counts it); "
+        "everything else is no difference shown. Δ = variant − baseline: the mean over seeds, [interval], and the "
+        "seed-to-seed spread.",
         "",
         *[f"- {report['verdicts'][variant]}" for variant in variants],
         "",
     ]
+    if report["missing_runs"]:
+        lines += [
+            f"Not finished yet, so not in this report: {', '.join(report['missing_runs'])}. Each variant is compared "
+            "over the seeds it shares with the baseline.",
+            "",
+        ]
     if len(seeds) == 1:
         lines += ["One seed only: the seed-to-seed spread is not measured, so the verdicts rest on the intervals.", ""]
     for eval_set, result in report["results"].items():
         lines += [
             f"## {eval_set}: {result['num_prompts']} prompts, greedy, ≤ {result['max_new_tokens']} new tokens",
             "",
+            *([f"No verdict: {result['no_verdict']}.", ""] if result["no_verdict"] else []),
             f"| metric | {baseline} (mean) | "
             + " | ".join(f"{variant}: Δ [95% CI], seeds" for variant in variants)
             + " |",
@@ -230,11 +250,19 @@ def report_markdown(report: dict) -> str:
         for metric, value in result["means"][baseline].items():
             cells = []
             for variant in variants:
-                difference = result["differences"][variant].get(metric)
+                difference = result["differences"].get(variant, {}).get(metric)
                 text = "n/a" if difference is None else _difference_text(difference)
-                cells.append(f"**{text}**" if difference is not None and difference["shown"] else text)
+                if difference is not None and difference["shown"]:
+                    text = f"**{text}**"
+                elif difference is not None and difference["interval"]:
+                    text = f"*{text}*"
+                cells.append(text)
             lines.append(f"| {metric} | {_number(value)} | " + " | ".join(cells) + " |")
-        lines += ["", "Shown differences in bold.", ""]
+        lines += [
+            "",
+            "Shown differences in bold; an interval that excludes 0 while the seeds disagree in italics.",
+            "",
+        ]
         shown = report["side_by_side"][eval_set]
         if shown["examples"]:
             lines += [f"### Side by side (seed {shown['seed']}, the first {len(shown['examples'])} prompts)", ""]
@@ -252,7 +280,7 @@ def report_markdown(report: dict) -> str:
         f"- seeds: {seeds}; baseline: `{baseline}`",
         *[f"- variant `{name}`: {json.dumps(overrides)}" for name, overrides in report["variants"].items()],
         *[
-            f"- eval set `{name}`: {spec['path']} [{spec['split']}], {spec['num_prompts']} prompts, "
+            f"- eval set `{name}`: {spec['label']}, {spec['num_prompts']} prompts, "
             f"≤ {spec['max_new_tokens']} new tokens"
             for name, spec in report["eval_datasets"].items()
         ],
@@ -293,8 +321,8 @@ def plot_differences(report: dict, path: str | Path) -> None:
                 continue
             ax.axvline(0.0, color="grey", linewidth=0.8)
             for y, variant in enumerate(variants):
-                difference = result["differences"][variant][metric]
-                if math.isnan(difference["delta"]):
+                difference = result["differences"].get(variant, {}).get(metric)
+                if difference is None or math.isnan(difference["delta"]):
                     continue
                 colour = "tab:red" if difference["shown"] else "tab:blue"
                 if not math.isnan(difference["low"]):
@@ -317,9 +345,20 @@ def plot_differences(report: dict, path: str | Path) -> None:
     plt.close(fig)
 
 
-def write_report(sweep: Sweep) -> dict:
-    """Computes [`sweep_report`] and writes `report.json`, `report.md` and `report.png` into the sweep's folder."""
-    report = sweep_report(sweep)
+def write_report(sweep: Sweep) -> dict | None:
+    """
+    Pools the finished runs, computes [`sweep_report`] and writes `report.json`, `report.md` and `report.png` into the
+    sweep's folder. Returns None, writing nothing, while no variant has a run beside the baseline's of the same seed.
+    """
+    pool = pool_runs(sweep)
+    arguments = sweep.arguments
+    if not any(
+        pool.paired_seeds(variant, arguments.baseline, arguments.seeds)
+        for variant in arguments.variants
+        if variant != arguments.baseline
+    ):
+        return None
+    report = sweep_report(sweep, pool)
     write_json(sweep.output_dir / "report.json", report)
     write_text_atomically(sweep.output_dir / "report.md", report_markdown(report))
     plot_differences(report, sweep.output_dir / "report.png")

@@ -5,6 +5,7 @@ finished; a run without it is redone from scratch.
 """
 
 import gc
+import hashlib
 import os
 import platform
 import shutil
@@ -18,10 +19,10 @@ import numpy as np
 import torch
 from transformers import set_seed
 
-from pdl_trl.evaluation.files import eval_result, write_generations, write_json
+from pdl_trl.evaluation.files import eval_result, write_generations, write_json, write_statistics
 from pdl_trl.evaluation.generation import merge_lora_for_inference
-from pdl_trl.evaluation.scoring import evaluate_model
-from pdl_trl.frequency import COUNTS_FILE_NAME, TokenCounts
+from pdl_trl.evaluation.scoring import generate_rows, run_statistics, statistics_details
+from pdl_trl.frequency import COUNTS_FILE_NAME, TokenCounts, tokenizer_fingerprint
 from pdl_trl.sweep.grid import RUN_FILE, RUN_FORMAT, Run, Sweep
 from pdl_trl.training import make_trainer
 
@@ -85,15 +86,29 @@ def _training_summary(trainer, seconds: float) -> dict:
     }
 
 
-def _check_same_counts(run: Run, counts: TokenCounts, reference: TokenCounts, reference_path: Path) -> None:
-    if counts.tokenizer_fingerprint != reference.tokenizer_fingerprint or not np.array_equal(
-        counts.counts, reference.counts
-    ):
-        raise RuntimeError(
-            f"Run {run.name} counted another training set than the baseline ({reference_path}): its frequency "
-            "metrics would not be comparable. Nothing but `pdl_*` fields may differ between runs; check that the "
-            "training data and tokenizer did not change while the sweep ran."
-        )
+def counts_fingerprint(counts: TokenCounts) -> str:
+    """SHA-256 of a counts table and its tokenizer's fingerprint: runs measured with other counts cannot be pooled."""
+    digest = hashlib.sha256(counts.tokenizer_fingerprint.encode())
+    digest.update(np.ascontiguousarray(counts.counts, dtype="<i8").tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
+def _run_counts(sweep: Sweep, run: Run) -> TokenCounts:
+    """
+    This run's counts, which measure its frequency metrics: checked equal to those of any other run already finished
+    here, since every run counts the same training set (on another machine, the report compares their fingerprints).
+    """
+    counts = TokenCounts.load(run.directory / COUNTS_FILE_NAME)
+    for other in sweep.runs:
+        if other is not run and other.finished and (other.directory / COUNTS_FILE_NAME).is_file():
+            if counts_fingerprint(TokenCounts.load(other.directory / COUNTS_FILE_NAME)) != counts_fingerprint(counts):
+                raise RuntimeError(
+                    f"Run {run.name} counted another training set than run {other.name}: its frequency metrics would "
+                    "not be comparable. Nothing but `pdl_*` fields and `loss_type` may differ between runs; check "
+                    "that the training data and tokenizer did not change while the sweep ran."
+                )
+            break
+    return counts
 
 
 def evaluation_dtype(args) -> torch.dtype | None:
@@ -121,16 +136,6 @@ def _train(sweep: Sweep, run: Run):
     return trainer, _training_summary(trainer, time.perf_counter() - started)
 
 
-def _reference_counts(sweep: Sweep, run: Run) -> TokenCounts:
-    """The counts every run is measured with: the sweep's first run's, once this run's are checked equal to them."""
-    counts = TokenCounts.load(run.directory / COUNTS_FILE_NAME)
-    if run is sweep.runs[0]:
-        return counts
-    reference = TokenCounts.load(sweep.reference_counts_path)
-    _check_same_counts(run, counts, reference, sweep.reference_counts_path)
-    return reference
-
-
 def _inference_model(trainer):
     """The trained model, ready to generate: LoRA merged, cast to the half precision it trained in (if any)."""
     # The adapter is saved: merging it now only makes generation faster
@@ -143,25 +148,35 @@ def _inference_model(trainer):
 
 
 def _evaluate(sweep: Sweep, run: Run, model, tokenizer, dtype, counts: TokenCounts) -> tuple[dict, dict]:
-    """Evaluates on every eval set, writing each set's generations and metrics files; returns metrics and timings."""
+    """
+    Evaluates on every eval set, writing each set's generations, metrics and statistics files (the statistics with
+    the fingerprints of what they were scored against, for the report); returns the metrics and timings.
+    """
     metrics, timings = {}, {}
     for eval_set in sweep.eval_sets:
         eval_started = time.perf_counter()
-        eval_metrics, details, rows = evaluate_model(
+        rows = generate_rows(
             model,
             tokenizer,
             eval_set.rows,
-            counts=counts.counts,
-            rare_mass=sweep.arguments.rare_mass,
             max_new_tokens=eval_set.max_new_tokens,
             batch_size=sweep.arguments.eval_batch_size,
             seed=run.seed,
         )
+        statistics = run_statistics(rows, tokenizer, counts=counts.counts, rare_mass=sweep.arguments.rare_mass)
         write_generations(run.generations_path(eval_set.name), rows)
+        fingerprints = {
+            "eval_rows": eval_set.fingerprint,
+            "distinct_prompts": eval_set.num_distinct_prompts,
+            "counts": counts_fingerprint(counts),
+            "tokenizer": tokenizer_fingerprint(tokenizer),
+            "rare_mass": sweep.arguments.rare_mass,
+        }
+        write_statistics(run.statistics_path(eval_set.name), statistics, fingerprints)
         settings = {
             "model_name_or_path": sweep.model_args.model_name_or_path,
             "adapter": str(run.directory) if sweep.model_args.use_peft else None,
-            "counts": str(sweep.reference_counts_path),
+            "counts": str(run.directory / COUNTS_FILE_NAME),
             "dataset": eval_set.path,
             "split": eval_set.split,
             "generation": {
@@ -173,8 +188,9 @@ def _evaluate(sweep: Sweep, run: Run, model, tokenizer, dtype, counts: TokenCoun
             },
             "generations_output": str(run.generations_path(eval_set.name)),
         }
-        write_json(run.metrics_path(eval_set.name), eval_result(eval_metrics, details, settings))
-        metrics[eval_set.name] = eval_metrics
+        details = statistics_details(statistics, counts.counts, sweep.arguments.rare_mass)
+        metrics[eval_set.name] = statistics.whole_set_metrics()
+        write_json(run.metrics_path(eval_set.name), eval_result(metrics[eval_set.name], details, settings))
         timings[f"eval_{eval_set.name}"] = round(time.perf_counter() - eval_started, 1)
     return metrics, timings
 
@@ -182,8 +198,8 @@ def _evaluate(sweep: Sweep, run: Run, model, tokenizer, dtype, counts: TokenCoun
 def train_and_evaluate(sweep: Sweep, run: Run) -> dict:
     """
     Trains, saves and evaluates one run, and writes its `run.json` last. An earlier unfinished attempt's folder is
-    deleted first, so that nothing of it mixes in. Frequency metrics use the counts file of the sweep's first run (the
-    baseline of the first seed) once this run's counts are checked equal to it.
+    deleted first, so that nothing of it mixes in. Frequency metrics use the run's own counts, checked equal to those
+    of the other runs (every run counts the same training set).
 
     Returns:
         `dict`: the content of the run's `run.json`.
@@ -191,7 +207,7 @@ def train_and_evaluate(sweep: Sweep, run: Run) -> dict:
     if run.directory.exists():
         shutil.rmtree(run.directory)
     trainer, training = _train(sweep, run)
-    counts = _reference_counts(sweep, run)
+    counts = _run_counts(sweep, run)
     model, dtype = _inference_model(trainer)
     metrics, timings = _evaluate(sweep, run, model, trainer.processing_class, dtype, counts)
     content = {

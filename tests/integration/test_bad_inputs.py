@@ -53,7 +53,7 @@ CONFIG_CASES = [
     ({"pdl_neutral_tokens": [1.5]}, "takes token strings or integer ids"),
     ({"pdl_neutral_tokens": [True]}, "takes token strings or integer ids"),
     ({"pdl_neutral_tokens": "<|im_end|>"}, "is a list of tokens"),
-    ({"loss_type": "dft"}, "Keep `loss_type='nll'`"),
+    ({"loss_type": "pdl"}, "`loss_type` must be 'nll' \\(PDL\\) or 'dft'"),
     ({"label_smoothing_factor": 0.1}, "Set `label_smoothing_factor=0.0`"),
 ]
 

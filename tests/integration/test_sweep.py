@@ -4,6 +4,7 @@ files were deleted, and the configs it refuses before training."""
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -28,7 +29,8 @@ def write_jsonl(path: Path, rows: list[dict]) -> str:
 @pytest.fixture
 def sweep_config(tmp_path, tiny_model_dir):
     """Factory: a sweep config file for the tiny model (LoRA, 2 CPU steps per run), with `overrides` (None deletes)."""
-    held_out = make_rows(40, seed=7)[:6]
+    # 20 distinct prompts: as few as a verdict is drawn from
+    held_out = list({row["prompt"]: row for row in make_rows(80, seed=7)}.values())[:20]
     data = {
         "train": write_jsonl(tmp_path / "train.jsonl", make_rows(32)),
         "heldout": write_jsonl(tmp_path / "heldout.jsonl", held_out),
@@ -93,8 +95,8 @@ def test_sweep_end_to_end_and_restart(sweep_config, tmp_path, capsys):
             assert content["training"]["steps"] == 2
             for eval_set in ("heldout", "prompts"):
                 metrics = read_json(run / "eval" / f"{eval_set}.metrics.json")
-                # Every run is measured with the baseline's counts file
-                assert metrics["settings"]["counts"] == str(sweep / "sft" / "seed-0" / "pdl_counts.json")
+                # Every run is measured with its own counts, which are the same for every run (fingerprinted)
+                assert metrics["settings"]["counts"] == str(run / "pdl_counts.json")
                 assert metrics["metrics"] == content["metrics"][eval_set]
                 assert metrics["settings"]["generation"]["dtype"] == "float32"
                 rows = [json.loads(line) for line in (run / "eval" / f"{eval_set}.generations.jsonl").open()]
@@ -107,7 +109,11 @@ def test_sweep_end_to_end_and_restart(sweep_config, tmp_path, capsys):
     assert read_json(sweep / "report.json") == json.loads(json.dumps(report))
     assert report["seeds"] == list(SEEDS) and report["baseline"] == "sft"
     heldout, prompts = report["results"]["heldout"], report["results"]["prompts"]
-    assert heldout["num_prompts"] == 6 and prompts["num_prompts"] == 4 and prompts["max_new_tokens"] == 3
+    assert heldout["num_prompts"] == 20 and prompts["num_prompts"] == 4 and prompts["max_new_tokens"] == 3
+    # Four distinct prompts cannot carry a verdict; twenty can
+    assert heldout["no_verdict"] is None and "4 distinct prompt(s), fewer than 20" in prompts["no_verdict"]
+    assert "prompts: no verdict (4 distinct prompt(s)" in report["verdicts"]["pdl"]
+    assert report["missing_runs"] == [] and report["eval_datasets"]["heldout"]["label"].startswith("all rows of ")
     run_metrics = {
         (variant, seed): read_json(sweep / variant / f"seed-{seed}" / "run.json")["metrics"]
         for variant in VARIANTS
@@ -129,7 +135,9 @@ def test_sweep_end_to_end_and_restart(sweep_config, tmp_path, capsys):
             assert difference["seed_deltas"] == pytest.approx(seed_deltas, abs=1e-9)
             assert difference["delta"] == pytest.approx(sum(seed_deltas) / 2, abs=1e-9)
             assert difference["low"] <= difference["high"]
-            assert difference["shown"] in (-1, 0, 1)
+            assert difference["shown"] in (-1, 0, 1) and difference["seeds"] == list(SEEDS)
+            assert difference["interval"] == (1 if difference["low"] > 0 else -1 if difference["high"] < 0 else 0)
+            assert difference["shown"] in (0, difference["interval"])
     # Prompts without references: the reference-free metrics only
     assert "rouge_l" in heldout["means"]["sft"] and "reference_nll" in heldout["means"]["sft"]
     assert set(prompts["means"]["sft"]).isdisjoint({"rouge_l", "chrf", "rare_token_recall", "reference_nll"})
@@ -138,6 +146,12 @@ def test_sweep_end_to_end_and_restart(sweep_config, tmp_path, capsys):
     markdown = (sweep / "report.md").read_text()
     assert report["verdicts"]["pdl"] in markdown and "Side by side" in markdown and "seeds: [0, 1]" in markdown
     assert markdown.count("| reference |") == 2  # two prompts side by side for the set with references
+    assert "[train]" not in markdown and "all rows of" in markdown
+    # Each run's statistics: numbers only, with the fingerprints of what they were scored against
+    statistics = np.load(sweep / "pdl" / "seed-0" / "eval" / "heldout.statistics.npz")
+    header = json.loads(str(statistics["header"]))
+    assert set(header["fingerprints"]) == {"eval_rows", "distinct_prompts", "counts", "tokenizer", "rare_mass"}
+    assert all(statistics[name].dtype.kind in "iuf" for name in statistics.files if name != "header")
     assert (sweep / "report.png").read_bytes()[:8] == PNG_SIGNATURE
     assert not list(sweep.rglob(".*.tmp"))
 
@@ -181,7 +195,7 @@ def test_sweep_end_to_end_and_restart(sweep_config, tmp_path, capsys):
         ({"variants": {"sft": {"pdl_alpha": 0.0}}}, r"only the baseline"),
         (
             {"variants": {"sft": {"pdl_alpha": 0.0}, "pdl": {"pdl_alpha": 1.0, "learning_rate": 0.1}}},
-            r"Variant 'pdl' sets `learning_rate`: a variant may set only `pdl_\*` fields.*top level",
+            r"Variant 'pdl' sets `learning_rate`: a variant may set only `pdl_\*` fields and `loss_type`.*top level",
         ),
         (
             {"variants": {"sft": {"pdl_alpha": 0.0}, "pdl": {"pdl_alpah": 1.0}}},
@@ -197,6 +211,16 @@ def test_sweep_end_to_end_and_restart(sweep_config, tmp_path, capsys):
             r"sets `pdl_counts_path`.*top level",
         ),
         ({"variants": {"sft": {"pdl_alpha": 0.0}, "a/b": {}}}, r"variant name 'a/b' is used as a file name"),
+        ({"variants": {"sft": {"pdl_alpha": 0.0}, "report.md": {}}}, r"'report.md' is a file the sweep writes"),
+        ({"variants": {"sft": {"pdl_alpha": 0.0}, "dft": {"loss_type": "pdl"}}}, r"Variant 'dft': `loss_type` must"),
+        (
+            {"baseline": "dft", "variants": {"dft": {"pdl_alpha": 0.0, "loss_type": "dft"}, "sft": {}}},
+            r"loss_type: nll",
+        ),
+        ({"seeds": 1}, r"`seeds` is a list of seeds, got 1: write `seeds: \[1\]`"),
+        ({"runs": "sft:7"}, r"`runs` entry 'sft:7' is no run of this sweep"),
+        ({"runs": "sft:0,sft:0"}, r"`runs` names a run twice"),
+        ({"runs": "sft:0", "report_only": True}, r"`report_only` trains nothing"),
         ({"bootstrap_resample": 500}, r"Unknown keys in the config file: \['bootstrap_resample'\]"),
         ({"num_processes": 2}, r"Unknown keys in the config file: \['num_processes'\]"),
         ({"bootstrap_resamples": 10}, r"`bootstrap_resamples` must be >= 100"),
@@ -270,3 +294,75 @@ def test_bf16_sweep_evaluates_in_bf16(sweep_config, tmp_path):
         show_progress=False,
     )
     assert [g.text for g in generations] == [row["generation"] for row in rows]
+
+
+def test_sweep_split_over_machines_pools_into_the_same_report(sweep_config, tmp_path):
+    """Each "machine" runs its share (`--runs`) into its own folder; the runs' `run.json` and statistics files alone,
+    gathered into one folder, give the report that one sweep of all runs gives."""
+    whole = sweep_main(["--config", str(sweep_config(seeds=[0, 1]))])
+    shares = {"a": "sft:0,pdl:0", "b": "pdl:1,sft:1"}
+    for machine, runs in shares.items():
+        sweep_main(["--config", str(sweep_config()), "--output_dir", str(tmp_path / machine), "--runs", runs])
+    # Machine a's report, before b's runs are in: the seed it has, and the runs it misses named
+    partial = read_json(tmp_path / "a" / "report.json")
+    assert partial["missing_runs"] == ["sft/seed-1", "pdl/seed-1"]
+    assert partial["results"]["heldout"]["differences"]["pdl"]["rouge_l"]["seeds"] == [0]
+
+    gathered = tmp_path / "gathered"
+    for machine in shares:
+        for run_json in (tmp_path / machine).glob("*/seed-*/run.json"):
+            target = gathered / run_json.parent.relative_to(tmp_path / machine)
+            (target / "eval").mkdir(parents=True)
+            (target / "run.json").write_bytes(run_json.read_bytes())
+            for statistics in (run_json.parent / "eval").glob("*.statistics.npz"):
+                (target / "eval" / statistics.name).write_bytes(statistics.read_bytes())
+    pooled = sweep_main(["--config", str(sweep_config()), "--output_dir", str(gathered), "--report_only"])
+    assert pooled["results"] == whole["results"] and pooled["verdicts"] == whole["verdicts"]
+    # No generations were gathered: nothing to show side by side
+    assert pooled["side_by_side"]["heldout"]["examples"] == []
+
+    # A run scored against other counts (here: another rare-token mass) cannot be pooled with the others
+    path = gathered / "pdl" / "seed-1" / "eval" / "heldout.statistics.npz"
+    with np.load(path) as content:
+        arrays = {name: content[name] for name in content.files}
+    header = json.loads(str(arrays["header"]))
+    header["fingerprints"]["rare_mass"] = 0.2
+    arrays["header"] = np.array(json.dumps(header))
+    with open(path, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    with pytest.raises(ValueError, match=r"scored against different data or counts \(rare_mass: 0.1 in .*0.2 in "):
+        sweep_main(["--config", str(sweep_config()), "--output_dir", str(gathered), "--report_only"])
+
+
+def test_no_verdict_without_training_or_prompts_enough(sweep_config, tmp_path):
+    """Zero training steps, or one prompt repeated: the report shows the numbers and draws no verdict."""
+    repeated = write_jsonl(tmp_path / "repeated.jsonl", [make_rows(1, seed=3)[0]] * 24)
+    report = sweep_main(
+        ["--config", str(sweep_config(seeds=[0], max_steps=None, num_train_epochs=0))]
+        + ["--eval_datasets", json.dumps({"repeated": {"path": repeated}})]
+    )
+    result = report["results"]["repeated"]
+    assert result["num_prompts"] == 24 and result["distinct_prompts"] == 1
+    assert "sft/seed-0, pdl/seed-0 trained 0 steps" in result["no_verdict"]
+    assert report["verdicts"]["pdl"] == f"**pdl** against sft: repeated: no verdict ({result['no_verdict']})."
+
+
+def test_a_second_sweep_on_the_same_folder_is_refused(sweep_config, tmp_path):
+    import subprocess
+    import sys
+
+    from pdl_trl.locking import LOCK_FILE_NAME, output_dir_lock
+
+    sweep = tmp_path / "sweep"
+    with output_dir_lock(sweep, "another pdl-trl sweep"):
+        with pytest.raises(RuntimeError, match=r"is in use by process \d+ on .*Wait for it to finish"):
+            sweep_main(["--config", str(sweep_config())])
+    assert not (sweep / LOCK_FILE_NAME).exists()
+    # A lock left by a process that is gone is taken over, with a warning
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    import socket
+
+    (sweep / LOCK_FILE_NAME).write_text(json.dumps({"pid": int(gone.stdout), "host": socket.gethostname()}))
+    with pytest.warns(UserWarning, match="is gone"):
+        with output_dir_lock(sweep, "pdl-trl sweep"):
+            pass
