@@ -1,5 +1,7 @@
 """Power-Law Decay Loss (PDL) for TRL's SFTTrainer."""
 
+# First: quiets a log line bitsandbytes prints at import on some CPUs (see `pdl_trl.compat`)
+from pdl_trl import compat  # noqa: F401, I001
 from pdl_trl.config import PDLSFTConfig
 from pdl_trl.frequency import TokenCounts, count_completion_tokens, tokenizer_fingerprint
 from pdl_trl.loss import power_law_decay_loss, power_law_weights, target_weights

@@ -10,11 +10,13 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from transformers.utils import logging
 
 from pdl_trl.atomic import write_text_atomically
-from pdl_trl.frequency import COUNTS_FILE_NAME, TokenCounts
+from pdl_trl.frequency import COUNTS_FILE_NAME, TokenCounts, tokenizer_fingerprint
+from pdl_trl.spelling import option
 from pdl_trl.weights import WeightTable
 
 
@@ -32,10 +34,51 @@ def save_table_files(table: WeightTable, directory: str | os.PathLike) -> None:
     write_text_atomically(directory / SETTINGS_FILE_NAME, json.dumps(settings, indent=2))
 
 
+def is_complete(checkpoint: str | os.PathLike) -> bool:
+    """Whether Trainer finished writing `checkpoint`: it writes `trainer_state.json` last."""
+    return (Path(checkpoint) / TRAINER_STATE_NAME).is_file()
+
+
+def _checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """The `checkpoint-N` folders of `output_dir`, by step."""
+    folders = [path for path in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*") if path.is_dir()]
+    return sorted(
+        (path for path in folders if path.name.rsplit("-", 1)[1].isdigit()),
+        key=lambda path: int(path.name.rsplit("-", 1)[1]),
+    )
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """
+    The last checkpoint of `output_dir` that was written completely, warning about later ones that were not (a run
+    stopped while writing them); None when `output_dir` has no checkpoint, and an error when it has only incomplete
+    ones.
+    """
+    incomplete = []
+    for checkpoint in reversed(_checkpoints(output_dir)):
+        if is_complete(checkpoint):
+            if incomplete:
+                warnings.warn(
+                    f"Skipping {', '.join(incomplete)} of {output_dir}: written incompletely (the run stopped while "
+                    f"writing them). Resuming from {checkpoint.name}; delete the incomplete ones when done.",
+                    UserWarning,
+                    stacklevel=3,
+                )
+            return str(checkpoint)
+        incomplete.append(checkpoint.name)
+    if incomplete:
+        raise ValueError(
+            f"Every checkpoint of {output_dir} ({', '.join(incomplete)}) was written incompletely: the run stopped "
+            "while writing it. Delete them and start the run again."
+        )
+    return None
+
+
 def table_to_resume(checkpoint: str | os.PathLike, table: WeightTable, tokenizer, trainer_name: str) -> WeightTable:
     """
     The table to resume `checkpoint` with: this run's settings on the checkpoint's counts, so that a run continues
-    with the table it started with. Refuses a checkpoint without counts and settings other than the checkpoint's.
+    with the table it started with. Refuses a checkpoint that is incomplete or has no counts, counts of another
+    tokenizer, and settings other than the checkpoint's.
 
     Args:
         checkpoint: the `checkpoint-N` folder.
@@ -47,7 +90,14 @@ def table_to_resume(checkpoint: str | os.PathLike, table: WeightTable, tokenizer
     if not checkpoint.is_dir():
         raise FileNotFoundError(
             f"No checkpoint folder at {checkpoint}. Pass a `checkpoint-N` folder of `output_dir`, or "
-            "`resume_from_checkpoint=True` for the last one."
+            f"{option('resume_from_checkpoint', True)} for the last one."
+        )
+    if not is_complete(checkpoint):
+        last = next((path for path in reversed(_checkpoints(checkpoint.parent)) if is_complete(path)), None)
+        alternative = f"resume from {last}" if last else "start the run again"
+        raise ValueError(
+            f"{checkpoint} is incomplete (no {TRAINER_STATE_NAME}): the run stopped while writing it. Delete it and "
+            f"{alternative}; {option('resume_from_checkpoint', True)} skips incomplete checkpoints."
         )
     counts_path = checkpoint / COUNTS_FILE_NAME
     if not counts_path.exists():
@@ -56,12 +106,19 @@ def table_to_resume(checkpoint: str | os.PathLike, table: WeightTable, tokenizer
             "run is unknown. To start PDL from its weights, load them as the model."
         )
     counts = TokenCounts.load(counts_path)
+    counts.check_compatible(
+        len(table.weights),
+        tokenizer_fingerprint(tokenizer),
+        tokenizer.name_or_path,
+        f"{checkpoint} was trained with that tokenizer: resume with it (the run's `output_dir` holds it), or start a "
+        "new run.",
+    )
     if not np.array_equal(counts.counts, table.counts.counts):
         logger.warning(
             f"The counts saved in {checkpoint} differ from this run's ({table.counts.source}); resuming with the "
             "checkpoint's, so the weights stay those the run started with."
         )
-    resumed = WeightTable.build(counts, table.settings, tokenizer, len(table.weights)).to(table.weights.device)
+    resumed = WeightTable.build(counts, table.settings, tokenizer).to(table.weights.device)
     _check_settings(checkpoint, resumed)
     return resumed
 

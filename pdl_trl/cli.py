@@ -50,5 +50,18 @@ def main(argv: list[str] | None = None) -> int:
     return importlib.import_module(module).run(argv[argv.index(args.command) + 1 :])
 
 
+def console() -> int:
+    """The `pdl-trl` console script: [`main`], with an error about the input printed as one line naming the fix."""
+    from pdl_trl.scripts.utils import run_command
+
+    status = 0
+
+    def command() -> None:
+        nonlocal status
+        status = main()
+
+    return run_command("pdl-trl", command) or status
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(console())

@@ -3,7 +3,34 @@ Differences between the library releases pdl-trl supports, in one place: each ga
 commented with the upstream change it follows.
 """
 
+import logging
+
 from transformers.utils import is_bitsandbytes_available
+
+
+class _DropRecords(logging.Filter):
+    def __init__(self, start: str):
+        super().__init__()
+        self.start = start
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.start)
+
+
+def quiet_bitsandbytes_kernel_lookup() -> None:
+    """
+    Drops the two log lines bitsandbytes 0.50 prints at import on CPUs with AVX512-BF16 when its optional Hub kernel
+    (`kernels-community/quantization-bitsandbytes`, a faster 4-bit inference matmul) cannot be fetched: offline, or
+    without the Hub, every command printed them, once or twice. The kernel speeds up only the repacked inference path
+    that `keep_4bit_gradients_exact` turns off for training, so losing it changes nothing pdl-trl trains or reports.
+    """
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_DropRecords("Failed to load CPU gemm_4bit_forward"))
+    logging.getLogger("kernels._internals.hf_hub").addFilter(
+        _DropRecords("Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes'")
+    )
+
+
+quiet_bitsandbytes_kernel_lookup()
 
 
 def keep_4bit_gradients_exact(model) -> None:

@@ -28,7 +28,7 @@ from transformers.utils import logging
 from pdl_trl import PDLSFTConfig, PDLSFTTrainer
 from pdl_trl.atomic import creation_mode
 from pdl_trl.data import load_demo_dataset
-from pdl_trl.scripts.utils import add_deprecated_option, add_pdl_settings_arguments
+from pdl_trl.scripts.utils import add_deprecated_option, add_pdl_settings_arguments, parse_command_args, run_command
 from pdl_trl.spelling import command_line
 
 
@@ -150,7 +150,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_deprecated_option(parser, "--steps", "--max_steps", dest="max_steps", type=int)
     add_deprecated_option(parser, "--output-dir", "--output_dir", dest="output_dir", type=Path)
     add_deprecated_option(parser, "--cache-dir", "--cache_dir", dest="cache_dir", type=Path)
-    args = parser.parse_args(argv)
+    args = parse_command_args(parser, argv)
     if args.max_steps < 1:
         parser.error("--max_steps must be at least 1")
     if args.threads < 1:
@@ -244,4 +244,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command("python -m pdl_trl.demo", main))

@@ -157,7 +157,13 @@ def _count_masked(dataset: Dataset, vocab_size: int, batch_size: int) -> np.ndar
     counts = np.zeros(vocab_size, dtype=np.int64)
     for targets in _target_labels(dataset, batch_size):
         targets = targets[targets != IGNORE_INDEX]
-        if targets.size and (targets.min() < 0 or targets.max() >= vocab_size):
+        negative = targets[targets < 0]
+        if negative.size:
+            raise ValueError(
+                f"Label {int(negative[0])} is no token id: the only negative label is {IGNORE_INDEX}, which masks a "
+                f"position. Set the positions that are not trained to {IGNORE_INDEX} in `labels`."
+            )
+        if targets.size and targets.max() >= vocab_size:
             raise ValueError(
                 f"Label id {int(targets.max())} is outside the model's {vocab_size} output rows. The tokenizer does "
                 "not match the model: resize the embeddings (`model.resize_token_embeddings(len(tokenizer))`)."
@@ -277,12 +283,21 @@ class TokenCounts:
             )
         return cls(counts, tokenizer, fingerprint, source)
 
-    def check_compatible(self, vocab_size: int, fingerprint: str, tokenizer_name: str) -> None:
-        """Raises when these counts were made for another vocabulary than the one being trained."""
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the counts and their tokenizer's fingerprint: results measured with other counts differ."""
+        digest = hashlib.sha256(self.tokenizer_fingerprint.encode())
+        digest.update(np.ascontiguousarray(self.counts, dtype="<i8").tobytes())
+        return "sha256:" + digest.hexdigest()
+
+    def check_compatible(self, vocab_size: int, fingerprint: str, tokenizer_name: str, fix: str) -> None:
+        """
+        Raises when these counts were made for another vocabulary than the one in use (`vocab_size` rows,
+        `fingerprint`); `fix` is the sentence that tells the user what to do where the counts came from.
+        """
         if self.vocab_size != vocab_size or self.tokenizer_fingerprint != fingerprint:
             raise ValueError(
                 f"The PDL counts were made with tokenizer {self.tokenizer!r} ({self.vocab_size} rows, "
                 f"{self.tokenizer_fingerprint}), but this run uses {tokenizer_name!r} ({vocab_size} rows, "
-                f"{fingerprint}). Recount with `pdl-trl count --model_name_or_path {tokenizer_name} ...`, or drop "
-                "`pdl_counts_path` to count the training set."
+                f"{fingerprint}). {fix}"
             )

@@ -8,11 +8,12 @@ import os
 import warnings
 
 from accelerate.utils import DistributedType
-from datasets import Dataset
+from datasets import Dataset, IterableDataset
 from peft import PeftModel
 
 from pdl_trl.frequency import first_targets, has_masked_targets
 from pdl_trl.loss import IGNORE_INDEX
+from pdl_trl.spelling import option
 
 
 # Columns of raw datasets that SFTTrainer tokenizes: a null there fails deep inside the tokenizer or the chat template
@@ -36,7 +37,7 @@ def check_trainer_arguments(args, kwargs: dict) -> None:
     train_dataset = kwargs.get("train_dataset")
     if train_dataset is None and args.pdl_counts_path is None:
         raise ValueError(
-            "PDL counts the completion tokens of `train_dataset`: pass one, or pass `pdl_counts_path` to "
+            f"PDL counts the completion tokens of `train_dataset`: pass one, or pass {option('pdl_counts_path')} to "
             "evaluate with the counts of a previous run."
         )
     _check_raw_dataset(train_dataset, "train_dataset")
@@ -48,6 +49,11 @@ def check_trainer_arguments(args, kwargs: dict) -> None:
 
 def _check_raw_dataset(dataset, name: str) -> None:
     """Refuses what SFTTrainer would fail on obscurely or PDL cannot count."""
+    if isinstance(dataset, IterableDataset):
+        # SFTTrainer reads the first row to tell the dataset's kind: an empty stream would stop it with StopIteration
+        if next(iter(dataset.take(1)), None) is None:
+            raise ValueError(f"`{name}` (a stream) has no rows: pass a dataset with at least one example.")
+        return
     if not isinstance(dataset, Dataset):
         return
     if len(dataset) == 0:
@@ -58,6 +64,13 @@ def _check_raw_dataset(dataset, name: str) -> None:
             "so the completion tokens PDL would count and weight are not known before training: PDL does not support "
             "vision-language training. Use `trl.SFTTrainer` for it."
         )
+    columns = set(dataset.column_names)
+    for present, missing in (("prompt", "completion"), ("completion", "prompt")):
+        if present in columns and missing not in columns and not columns & {"messages", "text", "input_ids"}:
+            raise ValueError(
+                f"`{name}` has a `{present}` column but no `{missing}` column: prompt-completion data needs both (the "
+                "completion is what PDL counts and trains). Add it, or use conversational `messages`."
+            )
     for column in TEXT_COLUMNS:
         if column in dataset.column_names and dataset.data.column(column).null_count:
             nulls = dataset.data.column(column).null_count
@@ -105,9 +118,8 @@ def _check_prepared_train_dataset(trainer) -> None:
     if isinstance(trainer.train_dataset, Dataset) and len(trainer.train_dataset) == 0:
         raise ValueError(
             "No training example has a completion token left after preparation: SFTTrainer drops examples whose "
-            f"labels are all masked, e.g. when `max_length={args.max_length}` with "
-            f"`truncation_mode={args.truncation_mode!r}` cuts every completion away. Raise `max_length`, or "
-            "use `truncation_mode='keep_end'`."
+            f"labels are all masked, e.g. when {option('max_length', args.max_length)} cuts every completion away "
+            f"after its prompt. Raise {option('max_length')}, or shorten the prompts."
         )
     # Prompt-completion data (completion_only_loss) and assistant-only data are masked by construction, even where
     # truncation left only completion tokens. Other data is plain language-model text unless its own `labels` mask
@@ -117,7 +129,8 @@ def _check_prepared_train_dataset(trainer) -> None:
         raise ValueError(
             "No training label is masked: the dataset is plain language-model text, so PDL would count and "
             "train prompt tokens too. Use prompt-completion data (`completion_only_loss`) or conversational "
-            "data with `assistant_only_loss=True`, or set `pdl_allow_unmasked_text=True` if that is intended."
+            f"data with {option('assistant_only_loss', True)}, or set {option('pdl_allow_unmasked_text', True)} if "
+            "that is intended."
         )
 
 
@@ -132,7 +145,7 @@ def check_counts_cover_train_dataset(train_dataset, counts, counts_path: str) ->
         raise ValueError(
             f"{counts_path} counts none of the training targets (sampled from the first rows): every target would "
             "weigh the same and PDL would train as plain SFT. Count this kind of data with `pdl-trl count`, or drop "
-            "`pdl_counts_path` to count the training set."
+            f"{option('pdl_counts_path')} to count the training set."
         )
     if unseen > UNSEEN_TARGETS_WARNING:
         warnings.warn(

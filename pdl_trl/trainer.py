@@ -7,12 +7,11 @@ import numpy as np
 import torch
 from transformers import TrainingArguments
 from transformers.integrations import is_deepspeed_zero3_enabled
-from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 from trl import SFTTrainer
 
 from pdl_trl.atomic import write_text_atomically
-from pdl_trl.checkpoints import check_fresh_output_dir, save_table_files, table_to_resume
+from pdl_trl.checkpoints import check_fresh_output_dir, last_complete_checkpoint, save_table_files, table_to_resume
 from pdl_trl.compat import keep_4bit_gradients_exact
 from pdl_trl.config import PDLSFTConfig
 from pdl_trl.frequency import TokenCounts, count_completion_tokens, tokenizer_fingerprint
@@ -20,6 +19,7 @@ from pdl_trl.guards import check_counts_cover_train_dataset, check_prepared_trai
 from pdl_trl.locking import output_dir_lock
 from pdl_trl.loss import power_law_decay_loss, target_weights
 from pdl_trl.metrics import METRIC_KEYS, completion_metrics, completion_sums
+from pdl_trl.spelling import option
 from pdl_trl.weights import PDLSettings, WeightTable
 
 
@@ -101,7 +101,15 @@ class PDLSFTTrainer(SFTTrainer):
 
         check_prepared_trainer(self)
         keep_4bit_gradients_exact(self.model)
-        if counts is None:
+        if counts is not None:
+            counts.check_compatible(
+                self._output_rows,
+                tokenizer_fingerprint(self._tokenizer),
+                self._tokenizer.name_or_path,
+                f"Recount with `pdl-trl count --model_name_or_path {self._tokenizer.name_or_path} ...`, or drop "
+                f"{option('pdl_counts_path')} to count the training set.",
+            )
+        else:
             counts = TokenCounts(
                 self._count_train_dataset(),
                 self._tokenizer.name_or_path,
@@ -136,7 +144,7 @@ class PDLSFTTrainer(SFTTrainer):
         return counts
 
     def _build_pdl_table(self, counts: TokenCounts) -> WeightTable:
-        table = WeightTable.build(counts, PDLSettings.of(self.args), self._tokenizer, self._output_rows)
+        table = WeightTable.build(counts, PDLSettings.of(self.args), self._tokenizer)
         table.warn_if_degenerate(self._tokenizer.eos_token_id, self._tokenizer.eos_token)
         logger.info(table.describe())
         return table.to(self.accelerator.device)
@@ -294,9 +302,11 @@ class PDLSFTTrainer(SFTTrainer):
                 f"The PDL settings of `trainer.args` changed after the trainer was built ({settings} now, "
                 f"{self.pdl_table.settings} in its weight table). Build a new PDLSFTTrainer with the new settings."
             )
-        checkpoint = resume_from_checkpoint
-        if checkpoint is True:
-            checkpoint = get_last_checkpoint(self.args.output_dir)
+        if resume_from_checkpoint is True:
+            # The last checkpoint written completely (Trainer's own choice would be the last, even a half-written one);
+            # none at all is left to Trainer, which says so
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir) or True
+        checkpoint = resume_from_checkpoint if resume_from_checkpoint is not True else None
         if checkpoint:
             self.pdl_table = table_to_resume(checkpoint, self.pdl_table, self._tokenizer, type(self).__name__)
         elif self.args.should_save:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from pdl_trl.atomic import write_atomically
-from pdl_trl.frequency import TokenCounts, tokenizer_fingerprint
+from pdl_trl.frequency import TokenCounts
 from pdl_trl.loss import power_law_weights
 from pdl_trl.spelling import option
 
@@ -146,19 +146,17 @@ class WeightTable:
     neutral_mask: torch.Tensor
 
     @classmethod
-    def build(
-        cls, counts: TokenCounts, settings: PDLSettings, tokenizer=None, vocab_size: int | None = None
-    ) -> "WeightTable":
+    def build(cls, counts: TokenCounts, settings: PDLSettings, tokenizer=None) -> "WeightTable":
         """
-        The table of `counts` under `settings`. With `tokenizer` (the training tokenizer) and `vocab_size` (the
-        model's output rows) the counts are first checked to be made for that vocabulary.
+        The table of `counts` under `settings`, one weight per entry of the counts (the model's output rows; check
+        them against the model with [`~pdl_trl.frequency.TokenCounts.check_compatible`] first). `tokenizer` names the
+        neutral tokens; it may be None when no token is neutral.
 
         Raises:
-            `ValueError`: counts of another vocabulary, counts that count nothing, or weights beyond float32.
+            `ValueError`: counts that count nothing, neutral tokens that are not single tokens, or weights beyond
+            float32.
         """
-        vocab_size = counts.vocab_size if vocab_size is None else vocab_size
-        if tokenizer is not None:
-            counts.check_compatible(vocab_size, tokenizer_fingerprint(tokenizer), tokenizer.name_or_path)
+        vocab_size = counts.vocab_size
         if counts.num_tokens == 0:
             raise ValueError(
                 f"The PDL counts ({counts.source}) count no token: every weight would be the same and PDL would "

@@ -52,21 +52,25 @@ def read_generations(path: str | os.PathLike) -> list[dict]:
     Reads a generations jsonl: every row has `generation`, and either every row or none has `reference`, and
     `terminated` (true or false).
     """
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.readlines()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text ({error}): a generations file is UTF-8 JSON lines.") from error
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(
-                    f"Line {number} of {path} is not JSON ({error}): a generations file has one JSON object per line, "
-                    "as `pdl-trl eval --generations_output` writes it."
-                ) from error
-            if not isinstance(row, dict):
-                raise ValueError(f"Line {number} of {path} is {type(row).__name__}, not a JSON object (a row).")
-            rows.append(row)
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"Line {number} of {path} is not JSON ({error}): a generations file has one JSON object per line, "
+                "as `pdl-trl eval --generations_output` writes it."
+            ) from error
+        if not isinstance(row, dict):
+            raise ValueError(f"Line {number} of {path} is {type(row).__name__}, not a JSON object (a row).")
+        rows.append(row)
     if not rows:
         raise ValueError(f"{path} has no rows.")
     for i, row in enumerate(rows):
@@ -124,12 +128,20 @@ def eval_result(metrics: dict[str, float], details: dict, settings: dict) -> dic
     }
 
 
-def load_metrics(path: str | os.PathLike) -> dict[str, float]:
-    """The `metrics` of a `pdl-trl eval` file; an undefined metric (null) becomes `nan`."""
-    with open(path) as f:
-        content = json.load(f)
-    if content.get("format") != EVAL_FORMAT:
+def read_metrics_file(path: str | os.PathLike) -> dict:
+    """A `pdl-trl eval` metrics file (`metrics`, `details`, `settings`); anything else is a `ValueError` naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            content = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not readable JSON ({error}): pass a metrics file of `pdl-trl eval`.") from error
+    if not isinstance(content, dict) or content.get("format") != EVAL_FORMAT or "metrics" not in content:
         raise ValueError(
             f"{path} is not a `pdl-trl eval` metrics file: write one with `pdl-trl eval --metrics_output`."
         )
-    return {k: math.nan if v is None else float(v) for k, v in content["metrics"].items()}
+    return content
+
+
+def load_metrics(path: str | os.PathLike) -> dict[str, float]:
+    """The `metrics` of a `pdl-trl eval` file; an undefined metric (null) becomes `nan`."""
+    return {k: math.nan if v is None else float(v) for k, v in read_metrics_file(path)["metrics"].items()}

@@ -5,6 +5,7 @@ one subplot per metric (what `pdl-trl compare` prints and draws).
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -48,6 +49,40 @@ def markdown_table(labels: Sequence[str], runs: Sequence[dict[str, float]]) -> s
     for name in names:
         lines.append(f"| {name} | " + " | ".join(_cell(run.get(name)) for run in runs) + " |")
     return "\n".join(lines) + "\n"
+
+
+# The metrics measured with a counts file and a rare-token mass: comparable only between runs that share both
+FREQUENCY_METRICS = ("mean_self_information", "rare_token_rate", "rare_token_recall")
+
+
+def frequency_note(labels: Sequence[str], contents: Sequence[dict]) -> str:
+    """
+    A warning, printed and returned as a line under the table, when the metrics files' frequency metrics were
+    measured with different counts files or rare-token masses (`""` when they agree): side by side they would
+    compare different yardsticks.
+    """
+    measured = {
+        label: (
+            content["settings"].get("counts_fingerprint", content["settings"].get("counts")),
+            content["details"].get("rare_mass"),
+        )
+        for label, content in zip(labels, contents, strict=True)
+        if any(name in content["metrics"] for name in FREQUENCY_METRICS)
+    }
+    if len(set(measured.values())) <= 1:
+        return ""
+    groups = {}
+    for label, key in measured.items():
+        groups.setdefault(key, []).append(label)
+    described = "; ".join(
+        f"{', '.join(names)}: counts {counts}, rare_mass {mass}" for (counts, mass), names in groups.items()
+    )
+    note = (
+        f"Not comparable across columns: {', '.join(FREQUENCY_METRICS)} were measured with different counts files or "
+        f"rare-token masses ({described}). Score every run with the same `--pdl_counts_path` and `--rare_mass`."
+    )
+    warnings.warn(note, UserWarning, stacklevel=2)
+    return f"\n{note}\n"
 
 
 def plot(labels: Sequence[str], runs: Sequence[dict[str, float]], path: str | os.PathLike) -> None:

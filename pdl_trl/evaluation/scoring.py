@@ -18,21 +18,19 @@ from pdl_trl.evaluation.metrics import (
     self_information_table,
 )
 from pdl_trl.evaluation.tokens import completion_text, text_token_ids
-from pdl_trl.frequency import TokenCounts, tokenizer_fingerprint
+from pdl_trl.frequency import COUNTS_FILE_NAME, TokenCounts, tokenizer_fingerprint
 
 
 def load_counts(path: str, tokenizer, vocab_rows: int | None = None) -> TokenCounts:
     """A counts file checked against the evaluation tokenizer (and the model's output rows when a model is given)."""
     counts = TokenCounts.load(path)
-    fingerprint = tokenizer_fingerprint(tokenizer)
-    if vocab_rows is not None:
-        counts.check_compatible(vocab_rows, fingerprint, tokenizer.name_or_path)
-    elif counts.tokenizer_fingerprint != fingerprint:
-        raise ValueError(
-            f"{path} was counted with tokenizer {counts.tokenizer!r} ({counts.tokenizer_fingerprint}), not with "
-            f"{tokenizer.name_or_path!r} ({fingerprint}). Recount with `pdl-trl count --model_name_or_path "
-            f"{tokenizer.name_or_path} ...`, or pass the counts file of the run being evaluated."
-        )
+    counts.check_compatible(
+        counts.vocab_size if vocab_rows is None else vocab_rows,
+        tokenizer_fingerprint(tokenizer),
+        tokenizer.name_or_path,
+        f"Pass the counts file of the run being evaluated (its {COUNTS_FILE_NAME}), or recount with `pdl-trl count "
+        f"--model_name_or_path {tokenizer.name_or_path} ...`.",
+    )
     return counts
 
 

@@ -12,9 +12,9 @@ import argparse
 from collections.abc import Sequence
 
 from pdl_trl.atomic import write_text_atomically
-from pdl_trl.evaluation.files import load_metrics
-from pdl_trl.evaluation.report import default_labels, markdown_table, plot
-from pdl_trl.scripts.utils import add_deprecated_option
+from pdl_trl.evaluation.files import load_metrics, read_metrics_file
+from pdl_trl.evaluation.report import default_labels, frequency_note, markdown_table, plot
+from pdl_trl.scripts.utils import add_deprecated_option, parse_command_args, run_command
 from pdl_trl.spelling import command_line
 
 
@@ -35,14 +35,15 @@ def make_parser() -> argparse.ArgumentParser:
 
 @command_line
 def main(argv: Sequence[str] | None = None) -> str:
-    args = make_parser().parse_args(argv)
+    args = parse_command_args(make_parser(), argv)
     if args.labels is not None and len(args.labels) != len(args.metrics):
         raise SystemExit(
             f"{len(args.metrics)} metrics files but {len(args.labels)} --labels: give one label per file."
         )
     labels = args.labels or default_labels(args.metrics)
+    contents = [read_metrics_file(path) for path in args.metrics]
     runs = [load_metrics(path) for path in args.metrics]
-    table = markdown_table(labels, runs)
+    table = markdown_table(labels, runs) + frequency_note(labels, contents)
     print(table, end="")
     if args.table_output is not None:
         write_text_atomically(args.table_output, table)
@@ -58,4 +59,4 @@ def run(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_command("pdl-trl compare", main))

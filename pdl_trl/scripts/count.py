@@ -18,7 +18,7 @@ from accelerate import PartialState
 from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, TrlParser
 
 from pdl_trl.counting import PDLCountConfig, count_corpus
-from pdl_trl.scripts.utils import parse_script_args
+from pdl_trl.scripts.utils import parse_script_args, run_command
 from pdl_trl.spelling import command_line
 
 
@@ -54,4 +54,4 @@ def run(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    main(*parse_script_args(make_parser(prog="pdl-trl count")))
+    raise SystemExit(run_command("pdl-trl count", lambda: main(*parse_script_args(make_parser(prog="pdl-trl count")))))

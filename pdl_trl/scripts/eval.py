@@ -23,7 +23,7 @@ from pdl_trl.evaluation.heldout import eval_rows, load_eval_split
 from pdl_trl.evaluation.metrics import DEFAULT_RARE_MASS
 from pdl_trl.evaluation.scoring import evaluate_model, load_counts, score_generation_rows
 from pdl_trl.extras import check_eval_extra
-from pdl_trl.scripts.utils import add_deprecated_option
+from pdl_trl.scripts.utils import add_deprecated_option, parse_command_args, run_command
 from pdl_trl.spelling import command_line
 
 
@@ -92,7 +92,7 @@ def make_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The arguments, with every check that needs no file: a wrong combination fails before anything is loaded."""
     parser = make_parser()
-    args = parser.parse_args(argv)
+    args = parse_command_args(parser, argv)
     if (args.dataset_name is None) == (args.generations is None):
         parser.error("give one of --dataset_name (to generate) and --generations (to score a generations file)")
     if args.dataset_name is not None and args.model_name_or_path is None:
@@ -158,7 +158,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     counts = None
     if args.pdl_counts_path is not None:
         vocab_rows = model.get_output_embeddings().weight.shape[0] if model is not None else None
-        counts = load_counts(args.pdl_counts_path, tokenizer, vocab_rows).counts
+        token_counts = load_counts(args.pdl_counts_path, tokenizer, vocab_rows)
+        counts = token_counts.counts
+        settings["counts_fingerprint"] = token_counts.fingerprint
 
     scoring = {"counts": counts, "rare_mass": args.rare_mass, "with_reference_nll": not args.no_reference_nll}
     if args.generations is not None:
@@ -194,4 +196,4 @@ def run(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_command("pdl-trl eval", main))

@@ -19,7 +19,7 @@ import sys
 import warnings
 
 from pdl_trl.frequency import TokenCounts, tokenizer_fingerprint
-from pdl_trl.scripts.utils import add_deprecated_option, add_pdl_settings_arguments
+from pdl_trl.scripts.utils import add_deprecated_option, add_pdl_settings_arguments, parse_command_args, run_command
 from pdl_trl.spelling import command_line
 from pdl_trl.weights import PDLSettings, WeightTable
 
@@ -82,7 +82,7 @@ def make_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = make_parser(prog="pdl-trl inspect")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args = parse_command_args(parser, sys.argv[1:] if argv is None else argv)
     if args.counts is not None:
         if args.pdl_counts_path is not None:
             parser.error("give the counts file once, with `--pdl_counts_path`")
@@ -97,6 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("the counts file is required: `--pdl_counts_path PATH`")
     if args.batch_tokens < 1:
         parser.error(f"`--batch_tokens` must be at least 1, got {args.batch_tokens}")
+    if args.top_k < 0:
+        parser.error(f"`--top_k` must be at least 0, got {args.top_k}")
     return args
 
 
@@ -132,4 +134,4 @@ def run(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_command("pdl-trl inspect", main))

@@ -25,12 +25,20 @@ torchrun --nproc_per_node 2 -m pdl_trl.scripts.sft --config examples/lora_bf16.y
 """
 
 import argparse
+import subprocess
 
 from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, TrlParser
 
 from pdl_trl.config import PDLSFTConfig
 from pdl_trl.frequency import COUNTS_FILE_NAME
-from pdl_trl.scripts.utils import config_launch_args, launch_option_names, parse_script_args
+from pdl_trl.scripts.utils import (
+    config_launch_args,
+    did_you_mean,
+    launch_option_names,
+    option_strings,
+    parse_script_args,
+    run_command,
+)
 from pdl_trl.spelling import command_line
 from pdl_trl.trainer import PDLSFTTrainer
 from pdl_trl.training import make_trainer
@@ -40,7 +48,11 @@ from pdl_trl.training import make_trainer
 def main(script_args, training_args, model_args, dataset_args, trainer_class: type[PDLSFTTrainer] = PDLSFTTrainer):
     """Trains and saves as `trl/scripts/sft.py` does, with `trainer_class` (`PDLSFTTrainer` or a subclass)."""
     trainer = make_trainer(script_args, training_args, model_args, dataset_args, trainer_class)
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    resume = training_args.resume_from_checkpoint
+    # On the command line `--resume_from_checkpoint true` asks for the last checkpoint, as `True` does in Python
+    if isinstance(resume, str) and resume.lower() in ("true", "false"):
+        resume = resume.lower() == "true" or None
+    trainer.train(resume_from_checkpoint=resume)
     trainer.accelerator.print("✅ Training completed.")
 
     if trainer.is_fsdp_enabled:
@@ -90,6 +102,7 @@ def run(argv: list[str]) -> int:
     shipped in `trl/accelerate_configs`, e.g. `multi_gpu`, `zero3`, `fsdp2`, or a file), as with `trl sft`.
     """
     from accelerate.commands.launch import launch_command, launch_command_parser
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from trl.cli.accelerate_config import resolve_accelerate_config_argument
 
     parser = make_parser(prog="pdl-trl sft")
@@ -99,14 +112,23 @@ def run(argv: list[str]) -> int:
     launch_args = resolve_accelerate_config_argument(config_launch_args(config_remaining) + cli_remaining)
     unknown = [arg for arg in launch_args if arg.startswith("--") and arg.split("=")[0] not in launch_option_names()]
     if unknown:
+        suggestion = did_you_mean(unknown, option_strings(parser) + sorted(launch_option_names()))
         raise ValueError(
             f"Unknown arguments: {unknown}. They are neither `pdl-trl sft` arguments nor `accelerate launch` options: "
-            "check their spelling."
+            f"check their spelling.{suggestion}"
         )
     script_args = _subtract_subsequence(argv, cli_remaining)
-    launch_command(launch_command_parser().parse_args(launch_args + ["--module", "pdl_trl.scripts.sft", *script_args]))
+    try:
+        launch_command(
+            launch_command_parser().parse_args(launch_args + ["--module", "pdl_trl.scripts.sft", *script_args])
+        )
+    # The training processes printed their own error; the launcher's report would only repeat it
+    except subprocess.CalledProcessError as error:  # one process
+        raise SystemExit(error.returncode) from None
+    except ChildFailedError:  # several, through torch's elastic launcher
+        raise SystemExit(1) from None
     return 0
 
 
 if __name__ == "__main__":
-    main(*parse_script_args(make_parser(prog="pdl-trl sft")))
+    raise SystemExit(run_command("pdl-trl sft", lambda: main(*parse_script_args(make_parser(prog="pdl-trl sft")))))

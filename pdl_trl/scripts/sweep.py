@@ -24,7 +24,7 @@ Docs: docs/cli.md, docs/evaluation.md.
 import shlex
 import sys
 
-from pdl_trl.scripts.utils import parse_script_args
+from pdl_trl.scripts.utils import parse_script_args, run_command
 from pdl_trl.spelling import command_line
 
 
@@ -94,4 +94,4 @@ def run(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_command("pdl-trl sweep", main))

@@ -4,13 +4,66 @@ options of the commands that do not parse with TRL (`inspect`, the demo), and de
 """
 
 import argparse
+import difflib
+import os
+import sys
+import traceback
 import warnings
+from collections.abc import Callable
 from dataclasses import fields
 
 from transformers.hf_argparser import string_to_bool
 
 from pdl_trl.config import PDLSFTConfig
 from pdl_trl.weights import PDLSettings
+
+
+# What a command reports as one line (`pdl-trl sft: error: ...`) instead of a traceback: the errors that name a fix for
+# bad input (values, files, folders in use, missing extras). Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, OSError, RuntimeError, ImportError)
+
+
+def run_command(prog: str, function: Callable[[], object]) -> int:
+    """
+    Runs a command's entry point as a console script: an error about the user's input is printed as one line,
+    `PROG: error: MESSAGE`, on one process (rank 0 under a launcher), and the exit status is 1. Set
+    `PDL_TRL_TRACEBACK=1` to see the traceback instead.
+    """
+    try:
+        function()
+    except USER_ERRORS as error:
+        if os.environ.get("PDL_TRL_TRACEBACK") == "1":
+            raise
+        if os.environ.get("RANK", "0") == "0":
+            print(f"{prog}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        traceback.print_exc(limit=0)
+        return 130
+    return 0
+
+
+def did_you_mean(unknown: list[str], known: list[str]) -> str:
+    """`" Did you mean --pdl_alpha?"` for the unknown options that are close to a known one, else `""`."""
+    suggestions = []
+    for name in unknown:
+        flag = name.split("=")[0]
+        match = difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
+        if match:
+            suggestions.append(f"{flag} -> {match[0]}")
+    return f" Did you mean: {', '.join(suggestions)}?" if suggestions else ""
+
+
+def option_strings(parser: argparse.ArgumentParser) -> list[str]:
+    return [name for action in parser._actions for name in action.option_strings if name.startswith("--")]
+
+
+def parse_command_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """`parser.parse_args(argv)`, but an unknown option is an error that suggests the option it was meant to be."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}.{did_you_mean(unknown, option_strings(parser))}")
+    return args
 
 
 class _DeprecatedOption(argparse.Action):
@@ -71,7 +124,7 @@ def launch_option_names() -> set[str]:
     return {name for action in launch_command_parser()._actions for name in action.option_strings}
 
 
-def config_launch_args(config_remaining: list[str]) -> list[str]:
+def config_launch_args(config_remaining: list[str], known: list[str] = ()) -> list[str]:
     """
     The `accelerate launch` arguments among the config-file keys that no dataclass took (`["--num_processes", "2"]`).
 
@@ -81,11 +134,13 @@ def config_launch_args(config_remaining: list[str]) -> list[str]:
     from accelerate.commands.launch import launch_command_parser
 
     actions = {name: action for action in launch_command_parser()._actions for name in action.option_strings}
-    unknown = [key.removeprefix("--") for key in config_remaining[::2] if key not in actions]
+    unknown = [key for key in config_remaining[::2] if key not in actions]
     if unknown:
+        suggestion = did_you_mean(unknown, [*known, *actions]).replace("--", "")
         raise ValueError(
-            f"Unknown keys in the config file: {unknown}. They are neither arguments of this command nor "
-            "`accelerate launch` options: fix their spelling or remove them."
+            f"Unknown keys in the config file: {[key.removeprefix('--') for key in unknown]}. They are neither "
+            "arguments of this command nor `accelerate launch` options: fix their spelling or remove them."
+            f"{suggestion}"
         )
     launch_args = []
     for key, value in zip(config_remaining[::2], config_remaining[1::2], strict=True):
@@ -110,6 +165,7 @@ def parse_script_args(parser, args: list[str] | None = None, launch_options: boo
     *dataclasses, config_remaining, cli_remaining = parser.parse_args_and_config(
         args, return_remaining_strings=True, separate_remaining_strings=True
     )
+    known = option_strings(parser)
     if cli_remaining:
         hint = (
             "; `accelerate launch` options go before the script (`accelerate launch --num_processes 2 -m "
@@ -117,13 +173,15 @@ def parse_script_args(parser, args: list[str] | None = None, launch_options: boo
             if launch_options
             else ""
         )
-        raise ValueError(f"Unknown arguments: {cli_remaining}. Check their spelling{hint}.")
+        suggestion = did_you_mean([arg for arg in cli_remaining if arg.startswith("--")], known)
+        raise ValueError(f"Unknown arguments: {cli_remaining}. Check their spelling{hint}.{suggestion}")
     if launch_options:
-        config_launch_args(config_remaining)  # validates them; the launcher got them from `pdl-trl sft`
+        config_launch_args(config_remaining, known)  # validates them; the launcher got them from `pdl-trl sft`
     elif config_remaining:
-        unknown = [key.removeprefix("--") for key in config_remaining[::2]]
+        unknown = config_remaining[::2]
+        suggestion = did_you_mean(unknown, known).replace("--", "")
         raise ValueError(
-            f"Unknown keys in the config file: {unknown}. They are no arguments of `{parser.prog}`: fix their "
-            "spelling or remove them."
+            f"Unknown keys in the config file: {[key.removeprefix('--') for key in unknown]}. They are no arguments "
+            f"of `{parser.prog}`: fix their spelling or remove them.{suggestion}"
         )
     return tuple(dataclasses)

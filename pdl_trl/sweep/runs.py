@@ -5,7 +5,6 @@ finished; a run without it is redone from scratch.
 """
 
 import gc
-import hashlib
 import os
 import platform
 import shutil
@@ -15,7 +14,6 @@ from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-import numpy as np
 import torch
 from transformers import set_seed
 
@@ -86,13 +84,6 @@ def _training_summary(trainer, seconds: float) -> dict:
     }
 
 
-def counts_fingerprint(counts: TokenCounts) -> str:
-    """SHA-256 of a counts table and its tokenizer's fingerprint: runs measured with other counts cannot be pooled."""
-    digest = hashlib.sha256(counts.tokenizer_fingerprint.encode())
-    digest.update(np.ascontiguousarray(counts.counts, dtype="<i8").tobytes())
-    return "sha256:" + digest.hexdigest()
-
-
 def _run_counts(sweep: Sweep, run: Run) -> TokenCounts:
     """
     This run's counts, which measure its frequency metrics: checked equal to those of any other run already finished
@@ -101,7 +92,7 @@ def _run_counts(sweep: Sweep, run: Run) -> TokenCounts:
     counts = TokenCounts.load(run.directory / COUNTS_FILE_NAME)
     for other in sweep.runs:
         if other is not run and other.finished and (other.directory / COUNTS_FILE_NAME).is_file():
-            if counts_fingerprint(TokenCounts.load(other.directory / COUNTS_FILE_NAME)) != counts_fingerprint(counts):
+            if TokenCounts.load(other.directory / COUNTS_FILE_NAME).fingerprint != counts.fingerprint:
                 raise RuntimeError(
                     f"Run {run.name} counted another training set than run {other.name}: its frequency metrics would "
                     "not be comparable. Nothing but `pdl_*` fields and `loss_type` may differ between runs; check "
@@ -168,7 +159,7 @@ def _evaluate(sweep: Sweep, run: Run, model, tokenizer, dtype, counts: TokenCoun
         fingerprints = {
             "eval_rows": eval_set.fingerprint,
             "distinct_prompts": eval_set.num_distinct_prompts,
-            "counts": counts_fingerprint(counts),
+            "counts": counts.fingerprint,
             "tokenizer": tokenizer_fingerprint(tokenizer),
             "rare_mass": sweep.arguments.rare_mass,
         }
@@ -177,6 +168,7 @@ def _evaluate(sweep: Sweep, run: Run, model, tokenizer, dtype, counts: TokenCoun
             "model_name_or_path": sweep.model_args.model_name_or_path,
             "adapter": str(run.directory) if sweep.model_args.use_peft else None,
             "counts": str(run.directory / COUNTS_FILE_NAME),
+            "counts_fingerprint": counts.fingerprint,
             "dataset": eval_set.path,
             "split": eval_set.split,
             "generation": {

@@ -109,7 +109,9 @@ def test_eval_rejects_counts_of_another_tokenizer(tiny_model_dir, tiny_counts, t
     TokenCounts(counts, "other", "sha256:0", "test").save(tmp_path / "other.json")
     generations = tmp_path / "gens.jsonl"
     generations.write_text(json.dumps({"prompt": "p", "generation": "The cat"}) + "\n")
-    with pytest.raises(ValueError, match="Recount with `pdl-trl count"):
+    with pytest.raises(
+        ValueError, match="Pass the counts file of the run being evaluated .* recount with `pdl-trl count"
+    ):
         eval_main(
             ["--tokenizer", str(tiny_model_dir), "--generations", str(generations)]
             + ["--pdl_counts_path", str(tmp_path / "other.json")]

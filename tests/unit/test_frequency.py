@@ -211,17 +211,19 @@ def test_damaged_counts_file_is_refused(tmp_path, tiny_tokenizer, damage):
 def test_check_compatible(tiny_tokenizer):
     vocab_size = len(tiny_tokenizer) + 24
     counts = make_counts(tiny_tokenizer)
-    counts.check_compatible(vocab_size, tokenizer_fingerprint(tiny_tokenizer), "tiny/tokenizer")
+    fix = "Recount with `pdl-trl count --model_name_or_path other/model ...`."
+    counts.check_compatible(vocab_size, tokenizer_fingerprint(tiny_tokenizer), "tiny/tokenizer", fix)
 
     with pytest.raises(ValueError, match=r"tokenizer 'tiny/tokenizer' \(424 rows") as error:
-        counts.check_compatible(vocab_size + 64, tokenizer_fingerprint(tiny_tokenizer), "other/model")
+        counts.check_compatible(vocab_size + 64, tokenizer_fingerprint(tiny_tokenizer), "other/model", fix)
     assert "'other/model' (488 rows" in str(error.value)
 
     other = tiny_tokenizer.__class__.from_pretrained(tiny_tokenizer.name_or_path)
     other.add_tokens(["<|new|>"])
     assert tokenizer_fingerprint(other) != tokenizer_fingerprint(tiny_tokenizer)
-    with pytest.raises(ValueError, match="Recount with `pdl-trl count --model_name_or_path other/model"):
-        counts.check_compatible(vocab_size, tokenizer_fingerprint(other), "other/model")
+    # The caller's fix, for where the counts came from, ends the message
+    with pytest.raises(ValueError, match="Recount with `pdl-trl count --model_name_or_path other/model ...`.$"):
+        counts.check_compatible(vocab_size, tokenizer_fingerprint(other), "other/model", fix)
 
 
 def test_fingerprint_is_stable_for_the_same_vocabulary(tiny_tokenizer):

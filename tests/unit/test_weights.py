@@ -79,14 +79,17 @@ def test_table_is_power_law_weights_with_its_record():
     assert built.record == {"pdl_alpha": 1.0, "pdl_epsilon": 2.0, "pdl_mix": 0.5, "neutral_token_ids": [1]}
 
 
-def test_table_checks_the_counts_against_the_tokenizer(tiny_tokenizer):
+def test_counts_are_checked_against_the_tokenizer_and_built_into_a_table(tiny_tokenizer):
     rows = len(tiny_tokenizer) + 24
     counts = np.ones(rows, dtype=np.int64)
     own = TokenCounts(counts, "tiny", tokenizer_fingerprint(tiny_tokenizer), source="test")
-    assert len(WeightTable.build(own, PDLSettings(), tiny_tokenizer, rows).weights) == rows
+    own.check_compatible(rows, tokenizer_fingerprint(tiny_tokenizer), "tiny", "fix")
+    # One weight per counted row, neutral tokens named through the tokenizer
+    table = WeightTable.build(own, PDLSettings(), tiny_tokenizer)
+    assert len(table.weights) == rows and tiny_tokenizer.eos_token_id in table.neutral_ids
     other = TokenCounts(counts, "other", "sha256:0", source="test")
-    with pytest.raises(ValueError, match="Recount with `pdl-trl count"):
-        WeightTable.build(other, PDLSettings(), tiny_tokenizer, rows)
+    with pytest.raises(ValueError, match="but this run uses 'tiny'.* Recount them."):
+        other.check_compatible(rows, tokenizer_fingerprint(tiny_tokenizer), "tiny", "Recount them.")
     with pytest.raises(ValueError, match="count no token"):
         WeightTable.build(
             TokenCounts(counts * 0, "t", "sha256:0", source="test"), PDLSettings(pdl_neutral_special_tokens=False)
