@@ -2,12 +2,13 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
+from pdl_trl.compat import TrainingArgumentsBackports, normalize_loss_type
 from pdl_trl.spelling import option
 from pdl_trl.weights import PDLSettings
 
 
 @dataclass
-class PDLSFTConfig(SFTConfig):
+class PDLSFTConfig(TrainingArgumentsBackports, SFTConfig):
     r"""
     Configuration class for the [`PDLSFTTrainer`]: every [`~trl.SFTConfig`] field, plus the Power-Law Decay Loss.
 
@@ -93,6 +94,7 @@ class PDLSFTConfig(SFTConfig):
                 "`label_smoothing_factor` > 0 spreads loss over every vocabulary entry, which per-target "
                 "weights cannot weight. Set `label_smoothing_factor=0.0`."
             )
+        normalize_loss_type(self)
         super().__post_init__()
         # After SFTConfig's own checks, which map the deprecated alias `chunked_nll` to `nll`; SFTTrainer checks the
         # value only when it is built, which in a sweep is after other runs trained

@@ -18,6 +18,7 @@ from datasets.distributed import split_dataset_by_node
 from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor
 
 from pdl_trl.atomic import check_writable
+from pdl_trl.compat import end_training
 from pdl_trl.config import PDLSFTConfig
 from pdl_trl.frequency import TokenCounts, count_streamed_completion_tokens
 from pdl_trl.trainer import PDLSFTTrainer
@@ -154,5 +155,5 @@ def count_corpus(script_args, training_args: PDLCountConfig, model_args, dataset
         counts.save(training_args.counts_output)
     # Every process tears the process group down together, once process 0 has written the file
     trainer.accelerator.wait_for_everyone()
-    trainer.end()
+    end_training(trainer)
     return counts

@@ -12,7 +12,14 @@ from trl import SFTTrainer
 
 from pdl_trl.atomic import write_text_atomically
 from pdl_trl.checkpoints import check_fresh_output_dir, last_complete_checkpoint, save_table_files, table_to_resume
-from pdl_trl.compat import keep_4bit_gradients_exact
+from pdl_trl.compat import (
+    TRL_AT_LEAST_1_15,
+    after_trainer_init,
+    before_trainer_init,
+    keep_4bit_gradients_exact,
+    lm_head_outputs,
+    loss_only_prediction_step,
+)
 from pdl_trl.config import PDLSFTConfig
 from pdl_trl.frequency import TokenCounts, count_completion_tokens, tokenizer_fingerprint
 from pdl_trl.guards import check_counts_cover_train_dataset, check_prepared_trainer, check_trainer_arguments
@@ -97,7 +104,9 @@ class PDLSFTTrainer(SFTTrainer):
         check_trainer_arguments(args, kwargs)
         counts = None if args.pdl_counts_path is None else TokenCounts.load(args.pdl_counts_path)
 
+        before_trainer_init(args)
         super().__init__(model, args, **kwargs)
+        after_trainer_init(self)
 
         check_prepared_trainer(self)
         keep_4bit_gradients_exact(self.model)
@@ -172,7 +181,7 @@ class PDLSFTTrainer(SFTTrainer):
         if self.aux_loss_enabled:
             inputs["output_router_logits"] = True
 
-        outputs = model(**inputs, fused_lm_head=True)
+        outputs = lm_head_outputs(model, inputs)
         token_weights = target_weights(self.pdl_table.weights, inputs["labels"])
         loss_weights = token_weights
         if self.args.loss_type == "dft":
@@ -231,6 +240,8 @@ class PDLSFTTrainer(SFTTrainer):
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         # The fused LM head builds no logits: every prediction step is loss-only (`predict()` returns no predictions)
+        if not TRL_AT_LEAST_1_15:
+            return loss_only_prediction_step(self, model, inputs)
         return super().prediction_step(model, inputs, True, ignore_keys)
 
     def predict(self, test_dataset, ignore_keys=None, metric_key_prefix: str = "test"):

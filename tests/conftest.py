@@ -45,9 +45,18 @@ def pytest_configure(config):
     # Also declared in pyproject; repeated so that the markers exist when pytest runs with another rootdir/config.
     config.addinivalue_line("markers", "gpu: needs a CUDA device (skipped without one)")
     config.addinivalue_line("markers", "distributed: launches several processes with torchrun")
+    config.addinivalue_line("markers", "sft_trainer: trains `trl.SFTTrainer` on CPU as the reference")
 
 
 def pytest_collection_modifyitems(config, items):
+    from pdl_trl import compat
+
+    if compat.TRL_AT_LEAST_1_15 and not compat.fused_lm_head_runs_on(torch.device("cpu")):
+        # TRL 1.15's fused LM head runs on Triton only (a torch path came in 1.16): SFTTrainer cannot train on CPU
+        skip_sft = pytest.mark.skip(reason=f"trl {compat.TRL_VERSION}: SFTTrainer needs Triton and a GPU")
+        for item in items:
+            if "sft_trainer" in item.keywords:
+                item.add_marker(skip_sft)
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")

@@ -54,7 +54,7 @@ def reference_token_ids(tokenizer, prompt: str | list[dict], completion: str | l
     completion starts where the tokenized prompt and the whole diverge. The completion tokens are the ones the
     training loss (and its `nll` metric) scores.
     """
-    from trl.data_utils import common_prefix_length
+    from pdl_trl.compat import completion_start
 
     prompt_ids = prompt_token_ids(tokenizer, prompt)
     if isinstance(prompt, str) and isinstance(completion, str):
@@ -68,4 +68,4 @@ def reference_token_ids(tokenizer, prompt: str | list[dict], completion: str | l
             "Prompt and completion must be both strings or both lists of messages, as in TRL's prompt-completion "
             f"format; got {type(prompt).__name__} and {type(completion).__name__}."
         )
-    return ids, common_prefix_length(prompt_ids, ids)
+    return ids, completion_start(prompt_ids, ids)

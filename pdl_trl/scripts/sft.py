@@ -29,6 +29,7 @@ import subprocess
 
 from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, TrlParser
 
+from pdl_trl.compat import end_training
 from pdl_trl.config import PDLSFTConfig
 from pdl_trl.frequency import COUNTS_FILE_NAME
 from pdl_trl.scripts.utils import (
@@ -68,7 +69,7 @@ def main(script_args, training_args, model_args, dataset_args, trainer_class: ty
 
     # Finish the trackers and destroy the process group; every process together, once process 0 has saved
     trainer.accelerator.wait_for_everyone()
-    trainer.end()
+    end_training(trainer)
 
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):

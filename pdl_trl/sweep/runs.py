@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from transformers import set_seed
 
+from pdl_trl.compat import end_training
 from pdl_trl.evaluation.files import eval_result, write_generations, write_json, write_statistics
 from pdl_trl.evaluation.generation import merge_lora_for_inference
 from pdl_trl.evaluation.scoring import generate_rows, run_statistics, statistics_details
@@ -214,7 +215,7 @@ def train_and_evaluate(sweep: Sweep, run: Run) -> dict:
         "environment": environment(run.config.use_cpu),
     }
     write_json(run.directory / RUN_FILE, content)
-    trainer.end()
+    end_training(trainer)
     del trainer, model
     gc.collect()
     if torch.cuda.is_available():

@@ -245,6 +245,7 @@ def test_two_processes_take_the_same_step_as_one(tiny_model_dir, tmp_path, loss_
     assert moved > (1e-3 if loss_type == "nll" else 3e-5)
 
 
+@pytest.mark.sft_trainer
 def test_dft_at_alpha_zero_on_two_processes_is_sft_trainers_dft(tiny_model_dir, tmp_path):
     """`loss_type="dft"` at `pdl_alpha=0`, 2 + 2 rows on two processes: the step of `SFTTrainer(loss_type="dft")` on
     the four rows in one process (the normaliser is the step's token count on every rank in both)."""

@@ -160,6 +160,7 @@ def test_batch_size_and_gradient_accumulation_give_the_same_step(tiny_model_dir,
     )
 
 
+@pytest.mark.sft_trainer
 @pytest.mark.parametrize("loss_type", ["nll", "dft"])
 @pytest.mark.parametrize("device", DEVICES)
 def test_alpha_zero_reproduces_sft_trainer(tiny_model_dir, cpu_config, device, loss_type):
@@ -183,6 +184,7 @@ def test_alpha_zero_reproduces_sft_trainer(tiny_model_dir, cpu_config, device, l
     assert max_abs_diff(parameters(pdl.model), parameters(sft.model)) < 1e-6
 
 
+@pytest.mark.sft_trainer
 def test_positive_alpha_changes_loss_and_update(tiny_model_dir, cpu_config):
     rows = prompt_completion_dataset(8)
     common = {"per_device_train_batch_size": 8, "max_steps": 1, **EXACT_SGD}
@@ -716,6 +718,7 @@ def test_bad_neutral_tokens_are_refused(tiny_model_dir, cpu_config, tokens, mess
         )
 
 
+@pytest.mark.sft_trainer
 def test_mix_zero_reproduces_sft_trainer_at_any_alpha(tiny_model_dir, cpu_config):
     rows = prompt_completion_dataset(16)
     common = {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 2, "max_steps": 2, **EXACT_SGD}

@@ -29,11 +29,13 @@ from helpers.tiny_models import IMAGE_SIZE, save_causal_lm, save_llava, save_qwe
 from helpers.trainers import table_counts
 from PIL import Image
 from test_trainer import EXACT_SGD, logged, max_abs_diff, parameters
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, set_seed
 from trl import SFTConfig, SFTTrainer
 
-from pdl_trl import PDLSFTTrainer, TokenCounts, tokenizer_fingerprint
+from pdl_trl import PDLSFTTrainer, TokenCounts, compat, tokenizer_fingerprint
 
+
+pytestmark = pytest.mark.sft_trainer
 
 # Keys whose values are wall-clock measurements, different in every run
 TIMING_SUFFIXES = ("_runtime", "_per_second")
@@ -219,10 +221,21 @@ PACKED = {"packing": True, "max_length": 64, "per_device_train_batch_size": 2}
 GRADIENT_ACCUMULATION = {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 2}
 
 
-def case(name: str, scenario: Scenario, defect: str | None = None, raises: type[Exception] = AssertionError):
+def case(
+    name: str,
+    scenario: Scenario,
+    defect: str | None = None,
+    raises: type[Exception] = AssertionError,
+    before_trl_1_15: str | None = None,
+):
     """A table entry, its id `name-family`. `defect` marks a scenario PDL gets wrong today: it must fail with
-    `raises`, and fails the suite once fixed (strict xfail)."""
+    `raises`, and fails the suite once fixed (strict xfail). `before_trl_1_15` marks one where SFTTrainer of TRL 1.14
+    trains otherwise than later releases (and PDL)."""
     marks = [pytest.mark.xfail(strict=True, raises=raises, reason=f"defect: {defect}")] if defect else []
+    if before_trl_1_15:
+        reason = f"TRL < 1.15: {before_trl_1_15}"
+        before = not compat.TRL_AT_LEAST_1_15
+        marks.append(pytest.mark.xfail(before, strict=True, raises=AssertionError, reason=reason))
     return pytest.param(scenario, id=f"{name}-{scenario.family}", marks=marks)
 
 
@@ -362,7 +375,11 @@ SCENARIOS = [
     case("qlora_4bit", Scenario(family="llama", peft=lora_config, quantized=True)),
     # Mixture of Experts: the router's load-balancing loss is added to the training loss
     case("moe_aux_loss", Scenario(family="mixtral")),
-    case("moe_aux_loss_gradient_accumulation", Scenario(family="qwen2_moe", config=GRADIENT_ACCUMULATION)),
+    case(
+        "moe_aux_loss_gradient_accumulation",
+        Scenario(family="qwen2_moe", config=GRADIENT_ACCUMULATION),
+        before_trl_1_15="SFTTrainer adds the whole aux loss of every micro-batch, not its mean over the step",
+    ),
     case("moe_coef_override", Scenario(family="qwen3_moe", config={"router_aux_loss_coef": 0.5})),
     case("moe_coef_zero_disables_aux_loss", Scenario(family="mixtral", config={"router_aux_loss_coef": 0.0})),
     case("moe_padding_free", Scenario(family="olmoe", config={"padding_free": True, "max_length": None})),
@@ -374,7 +391,11 @@ SCENARIOS = [
     # Softcapped and scaled output logits
     case("final_logit_softcapping", Scenario(family="gemma2")),
     case("logit_scale", Scenario(family="cohere")),
-    case("logits_scaling", Scenario(family="granite")),
+    case(
+        "logits_scaling",
+        Scenario(family="granite"),
+        before_trl_1_15="the `chunked_nll` head of SFTTrainer ignores Granite's `logits_scaling`",
+    ),
     # `accepts_loss_kwargs = False`: Trainer passes no `num_items_in_batch`. One micro-batch per step here; see
     # test_gradient_accumulation_without_loss_kwargs for accumulation
     case("vision_language_model_on_text", Scenario(family="qwen2_5_vl")),
@@ -455,6 +476,8 @@ def make_trainer(trainer_class, config_class, scenario: Scenario, model_dirs, tr
     if scenario.from_instance or scenario.family == "qwen2_5_vl":  # its processor needs torchvision: text only here
         kwargs["processing_class"] = AutoTokenizer.from_pretrained(model_dir)
     args = make_cpu_config(output_dir, config_class, **config)
+    # As SFTTrainer does since TRL 1.15, before the PEFT adapter and resized embeddings are drawn at random
+    set_seed(args.seed)
     return trainer_class(model, args=args, train_dataset=train_dataset, **kwargs)
 
 
