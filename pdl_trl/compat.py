@@ -5,6 +5,7 @@ versions pass a gate, its branch can go. Also the window itself (checked at impo
 """
 
 import logging
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -174,7 +175,11 @@ def fused_lm_head_runs_on(device: torch.device) -> bool:
     """Whether `model(..., fused_lm_head=True)` of the installed TRL (and so `trl.SFTTrainer`) runs on `device`."""
     if TRL_AT_LEAST_1_16:
         return True
-    return TRL_AT_LEAST_1_15 and is_triton_available() and device.type in ("cuda", "xpu")
+    if not TRL_AT_LEAST_1_15:
+        return False
+    # Unsloth (2026.10, its CPU backend), once imported, routes TRL 1.15's Triton-only kernel to torch elsewhere,
+    # so that its users' SFTTrainer trains there: PDL then takes the same head as their SFTTrainer
+    return (is_triton_available() and device.type in ("cuda", "xpu")) or "unsloth" in sys.modules
 
 
 def lm_head_outputs(model, inputs: dict):
