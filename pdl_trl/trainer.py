@@ -1,17 +1,13 @@
 import textwrap
 import warnings
-from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
 from transformers import TrainingArguments
-from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.utils import logging
 from trl import SFTTrainer
 
 from pdl_trl.atomic import write_text_atomically
-from pdl_trl.checkpoints import check_fresh_output_dir, last_complete_checkpoint, save_table_files, table_to_resume
 from pdl_trl.compat import (
     TRL_AT_LEAST_1_15,
     after_trainer_init,
@@ -21,12 +17,12 @@ from pdl_trl.compat import (
     loss_only_prediction_step,
 )
 from pdl_trl.config import PDLSFTConfig
-from pdl_trl.frequency import TokenCounts, count_completion_tokens, tokenizer_fingerprint
+from pdl_trl.frequency import TokenCounts, tokenizer_fingerprint
 from pdl_trl.guards import check_counts_cover_train_dataset, check_prepared_trainer, check_trainer_arguments
-from pdl_trl.locking import output_dir_lock
 from pdl_trl.loss import power_law_decay_loss, target_weights
 from pdl_trl.metrics import METRIC_KEYS, completion_metrics, completion_sums
 from pdl_trl.spelling import option
+from pdl_trl.trainer_mixin import PDLTrainerMixin
 from pdl_trl.weights import PDLSettings, WeightTable
 
 
@@ -49,7 +45,7 @@ def _as_pdl_config(args, model) -> PDLSFTConfig:
     return PDLSFTConfig(**dict_args)
 
 
-class PDLSFTTrainer(SFTTrainer):
+class PDLSFTTrainer(PDLTrainerMixin, SFTTrainer):
     """
     [`~trl.SFTTrainer`] with the Power-Law Decay Loss on completion tokens.
 
@@ -95,9 +91,6 @@ class PDLSFTTrainer(SFTTrainer):
                 primaryClass = {cs.CL},
             }"""),
     }
-    # The training loss is divided by the weight sum of the whole optimizer step (see `get_batch_samples`): Trainer
-    # must not divide it again by the number of accumulation steps.
-    loss_is_scaled_for_ga = True
 
     def __init__(self, model, args: PDLSFTConfig | TrainingArguments | None = None, **kwargs):
         args = _as_pdl_config(args, model)
@@ -131,44 +124,11 @@ class PDLSFTTrainer(SFTTrainer):
         self._pdl_step_weight_sum = None
         self._pdl_metric_prefix = "eval"
 
-    @property
-    def _output_rows(self) -> int:
-        weight = self.model.get_output_embeddings().weight
-        # A parameter ZeRO-3 has partitioned is an empty local tensor with the full shape in `ds_shape` (read as PEFT
-        # does). Not every one is: transformers skips partitioning at load (zero.Init) for quantized models
-        partitioned = is_deepspeed_zero3_enabled() and hasattr(weight, "ds_shape")
-        return weight.ds_shape[0] if partitioned else weight.shape[0]
-
-    def _count_train_dataset(self) -> np.ndarray:
-        """Counts the prepared training set, each process one shard, summed so every process holds the same table."""
-        counts = count_completion_tokens(
-            self.train_dataset,
-            self._output_rows,
-            shard_index=self.accelerator.process_index,
-            num_shards=self.accelerator.num_processes,
-        )
-        if self.accelerator.num_processes > 1:
-            total = self.accelerator.reduce(torch.from_numpy(counts).to(self.accelerator.device), reduction="sum")
-            counts = total.cpu().numpy()
-        return counts
-
     def _build_pdl_table(self, counts: TokenCounts) -> WeightTable:
         table = WeightTable.build(counts, PDLSettings.of(self.args), self._tokenizer)
         table.warn_if_degenerate(self._tokenizer.eos_token_id, self._tokenizer.eos_token)
         logger.info(table.describe())
         return table.to(self.accelerator.device)
-
-    def get_batch_samples(self, epoch_iterator, num_batches, device):
-        """Also takes the PDL weight sum of the whole optimizer step: every micro-batch, every process."""
-        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
-        weights = self.pdl_table.weights
-        weight_sum = torch.zeros((), device=weights.device)
-        for batch in batch_samples:
-            weight_sum += target_weights(weights, batch["labels"].to(weights.device)).sum()
-        if self.args.average_tokens_across_devices and self.args.world_size > 1:
-            weight_sum = self.accelerator.gather(weight_sum.to(device)).sum()
-        self._pdl_step_weight_sum = weight_sum
-        return batch_samples, num_items_in_batch
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if return_outputs:
@@ -271,13 +231,6 @@ class PDLSFTTrainer(SFTTrainer):
                     logs[f"{self._pdl_metric_prefix}_{key}"] = sum(values) / len(values)
         super().log(logs, start_time)
 
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Saves the model as SFTTrainer does, plus what the PDL table was built from: the counts
-        (`pdl_counts.json`) and the settings (`pdl_settings.json`) of this run."""
-        super().save_model(output_dir, _internal_call)
-        if self.args.should_save:
-            save_table_files(self.pdl_table, output_dir or self.args.output_dir)
-
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
         """TRL's model card (with the PDL paper), plus the PDL settings of this run."""
         super().create_model_card(model_name, dataset_name, tags)
@@ -304,25 +257,6 @@ class PDLSFTTrainer(SFTTrainer):
             """)
         write_text_atomically(path, path.read_text(encoding="utf-8") + section)
 
-    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
-        """Trains as SFTTrainer does; resuming also restores the checkpoint's PDL counts, so the table is identical,
-        and refuses PDL settings other than the checkpoint's."""
-        settings = PDLSettings.of(self.args)
-        if settings != self.pdl_table.settings:
-            raise ValueError(
-                f"The PDL settings of `trainer.args` changed after the trainer was built ({settings} now, "
-                f"{self.pdl_table.settings} in its weight table). Build a new PDLSFTTrainer with the new settings."
-            )
-        if resume_from_checkpoint is True:
-            # The last checkpoint written completely (Trainer's own choice would be the last, even a half-written one);
-            # none at all is left to Trainer, which says so
-            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir) or True
-        checkpoint = resume_from_checkpoint if resume_from_checkpoint is not True else None
-        if checkpoint:
-            self.pdl_table = table_to_resume(checkpoint, self.pdl_table, self._tokenizer, type(self).__name__)
-        elif self.args.should_save:
-            check_fresh_output_dir(self.args.output_dir, self.pdl_table)
-        # The process that saves holds the output folder: a second run into it fails instead of replacing its files
-        lock = output_dir_lock(self.args.output_dir, type(self).__name__) if self.args.should_save else nullcontext()
-        with lock:
-            return super().train(resume_from_checkpoint, *args, **kwargs)
+    def pdl_tokenizer(self):
+        # SFTTrainer keeps the tokenizer of a processor apart
+        return self._tokenizer
