@@ -20,6 +20,7 @@ What is checked:
 """
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -241,7 +242,10 @@ def test_first_step_loss_by_hand(assets, tmp_path, config, packing):
             token_weights = weights[targets[trained]]
             weighted_nll += (token_weights * nll).sum().item()
             weight_sum += token_weights.sum().item()
-    assert logged(run)[1]["loss"] == pytest.approx(weighted_nll / weight_sum, rel=1e-6)
+    first = logged(run)[1]
+    assert first["loss"] == pytest.approx(weighted_nll / weight_sum, rel=1e-6)
+    # Axolotl's `ppl` would be exp(loss): the plugin logs the perplexity of the data, exp(nll)
+    assert first["ppl"] == pytest.approx(math.exp(first["nll"]), rel=1e-6) and first["nll"] != first["loss"]
 
 
 @pytest.mark.distributed
@@ -325,6 +329,22 @@ def test_pdl_keys_need_the_plugin(assets):
 def test_plugin_settings_reach_the_config(assets):
     cfg = validate(assets, "pdl.yaml", pdl_neutral_tokens=["<|im_end|>", 198], pdl_mix=0.5)
     assert (cfg.pdl_alpha, cfg.pdl_mix, cfg.pdl_neutral_tokens) == (0.25, 0.5, ["<|im_end|>", 198])
+
+
+def test_cpu_example_trains(assets, tmp_path):
+    """examples/axolotl/cpu-smollm2-pdl.yaml, as docs/axolotl.md runs it, on the tiny model and chat rows."""
+    example = yaml.safe_load((Path(__file__).parents[2] / "examples/axolotl/cpu-smollm2-pdl.yaml").read_text())
+    example["datasets"][0]["path"] = str(assets / "chat.jsonl")
+    example.update(
+        base_model=str(assets / "tiny-llama"),
+        dataset_prepared_path=str(tmp_path / "prepared"),
+        max_steps=2,
+        logging_steps=1,
+    )
+    (tmp_path / "example.yaml").write_text(yaml.safe_dump(example))
+    run = train(tmp_path / "example.yaml", tmp_path / "run")
+    assert logged(run)[2]["pdl_mean_weight"] > 0
+    assert (run / "adapter_model.safetensors").is_file() and (run / "pdl_counts.json").is_file()
 
 
 def test_example_config_validates(assets):

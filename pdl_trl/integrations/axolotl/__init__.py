@@ -26,7 +26,8 @@ from pdl_trl.integrations.axolotl.args import PLUGIN_NAME, PDLArgs, pdl_enabled
 from pdl_trl.integrations.axolotl.trainer import AxolotlPDLMixin
 
 
-LOG = get_logger(__name__)
+# Axolotl's console shows INFO only from loggers named under `axolotl` (others go to its debug.log)
+LOG = get_logger("axolotl.integrations.pdl_trl")
 
 
 def host_trainer_class(cfg) -> type:
@@ -80,6 +81,7 @@ class PDLPlugin(BasePlugin):
                 f"would not run. List `{PLUGIN_NAME}` first under `plugins`, or remove the other plugin."
             )
         self.trainer = trainer
+        LOG.info(f"PDL: {trainer.pdl_table.describe()}")
 
     def post_train(self, cfg, model):
         # Axolotl 0.21 calls this after `trainer.train` and again after saving the final model

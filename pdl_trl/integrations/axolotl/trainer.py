@@ -10,6 +10,7 @@ target (`logits_to_keep`: the LM head never runs on prompt positions).
 """
 
 import inspect
+import math
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,8 @@ class AxolotlPDLMixin(PDLTrainerMixin):
     """Put before Axolotl's trainer class; the plugin sets `pdl_config` (the config's `pdl_*` keys) on the class."""
 
     pdl_config: PDLArgs
+    # Axolotl logs `ppl = exp(loss)`, which is no perplexity when the loss is PDL's: `log` gives `exp(nll)` instead
+    reports_token_perplexity = False
 
     def __init__(self, *args, **kwargs):
         if kwargs.get("compute_loss_func") is not None:
@@ -148,14 +151,16 @@ class AxolotlPDLMixin(PDLTrainerMixin):
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict, start_time=None):
-        """Adds `nll`, `pdl_mean_weight`, `pdl_ess` and `pdl_neutral_share` of the batches since the last log (with
-        `eval_` in evaluation), over every process."""
+        """Adds `nll`, `pdl_mean_weight`, `pdl_ess` and `pdl_neutral_share` of the batches since the last log, over
+        every process, and the perplexity `ppl = exp(nll)` (with `eval_` in evaluation)."""
         mode = "train" if "loss" in logs else "eval"
         sums = self._pdl_sums[mode]
         if self.args.world_size > 1:
             sums = self.accelerator.reduce(sums.to(self.args.device), reduction="sum").cpu()
         if sums[3] > 0:
             prefix = "" if mode == "train" else "eval_"
-            logs.update({f"{prefix}{key}": value for key, value in completion_metrics(sums).items()})
+            metrics = completion_metrics(sums)
+            logs.update({f"{prefix}{key}": value for key, value in metrics.items()})
+            logs[f"{prefix}ppl"] = math.exp(metrics["nll"]) if metrics["nll"] < 700 else math.inf
         self._pdl_sums[mode] = torch.zeros(5, dtype=torch.float64)
         return super().log(logs, start_time)
