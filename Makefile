@@ -1,6 +1,8 @@
 # The two set-up commands of README.md, for a fresh machine with Python >= 3.11:
 #   make demo   fine-tune SmolLM2-135M-Instruct with PDL on CPU (a few minutes; DEMO_ARGS="--max_steps 60" to change it)
 #   make test   the test suite, CPU only, offline
+# CI (.ci/run) also runs `make test-compat`: the old end of the supported window in venvs with Axolotl's and Unsloth's
+# pins (.ci/compat.sh; built once into ~/.cache/pdl-trl-ci).
 # Both create (or reuse) .venv and install the package into it.
 
 PYTHON3 ?= python3
@@ -8,7 +10,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 DEMO_ARGS ?=
 
-.PHONY: demo test
+.PHONY: demo test test-compat
 
 $(PYTHON):
 	$(PYTHON3) -m venv $(VENV)
@@ -29,3 +31,8 @@ demo: $(VENV)/.demo-installed
 
 test: $(VENV)/.installed
 	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q
+
+test-compat:
+	.ci/compat.sh test axolotl
+	.ci/compat.sh test unsloth
+	.ci/compat.sh resolve
