@@ -6,7 +6,8 @@
 #            then tests/with_unsloth in a process of its own (Unsloth patches TRL when imported)
 #   resolve: pip's resolver installs pdl-trl beside unsloth==2026.10.9 and beside axolotl==0.21.0 without moving
 #            their trl / transformers / datasets (a dry run: metadata only)
-# Usage: .ci/compat.sh build|test|lock axolotl|unsloth, or .ci/compat.sh resolve.
+# Usage: .ci/compat.sh build|lock axolotl|unsloth, .ci/compat.sh test axolotl|unsloth [core|tool|all], or
+# .ci/compat.sh resolve.
 # Each venv is installed from a lock file (.ci/locks/NAME.txt: the environment resolved once from the pins below, frozen;
 # `lock NAME` redoes it), lives in $PDL_TRL_CI_CACHE (default ~/.cache/pdl-trl-ci) keyed by the lock's hash, and is
 # reused by later runs on the same machine; a clean machine builds it (minutes: downloads and unpacking).
@@ -49,14 +50,18 @@ build() {  # the environment's venv from its lock file (no resolution: minutes, 
     local name=$1 venv pip
     venv=$(venv_of "$name")
     pip="$venv/bin/python -m pip --disable-pip-version-check --quiet"
-    if [ ! -f "$venv/.built" ]; then
-        rm -rf "$venv"
-        mkdir -p "$CACHE"
-        "$(python_of "$(python_version_of "$name")")" -m venv "$venv"
-        # --no-compile: byte-compiling ~270 packages costs minutes of CPU; Python compiles what the tests import
-        $pip install --no-deps --no-compile -r "$(lock_of "$name")"
-        touch "$venv/.built"
-    fi
+    mkdir -p "$CACHE"
+    (
+        # One build of a venv at a time (.ci/run's two lanes both need the Axolotl one): a second waits, then reuses it
+        flock 9
+        if [ ! -f "$venv/.built" ]; then
+            rm -rf "$venv"
+            "$(python_of "$(python_version_of "$name")")" -m venv "$venv"
+            # --no-compile: byte-compiling ~270 packages costs minutes of CPU; Python compiles what the tests import
+            $pip install --no-deps --no-compile -r "$(lock_of "$name")"
+            touch "$venv/.built"
+        fi
+    ) 9>"$venv.lock"
     # This checkout, without its dependencies: the environment's pins stay as they are. One install at a time: each
     # rewrites the checkout's pdl_trl.egg-info (.ci/run installs .venv and builds both venvs side by side)
     flock "$REPO/.ci/.install.lock" $pip install --no-deps -e "$REPO"
@@ -84,7 +89,8 @@ lock() {  # (maintainers) resolves the environment from its pins in a scratch ve
         echo "# pip freeze of a venv built from .ci/compat.sh's ${name^^}_PINS and TEST_EXTRAS (\`.ci/compat.sh lock $name\`);"
         echo "# CI installs it with --no-deps: no resolution, the same set on every machine."
         # A local CPU build (+cpu) is not on PyPI: the plain pin takes it where a wheel folder offers it
-        $pip freeze --exclude-editable | sed 's/^torch==\([0-9.]*\)+cpu$/torch==\1/'
+        # --all: on Python 3.11 pip freeze leaves out setuptools and wheel, which torch and unsloth require
+        $pip freeze --all --exclude-editable | grep -v "^pip==" | sed 's/^torch==\([0-9.]*\)+cpu$/torch==\1/'
     } >"$(lock_of "$name")"
     rm -rf "$work"
 }
@@ -114,20 +120,21 @@ pip_check() {  # the lock's set is consistent: pip check, but for the one requir
     fi
 }
 
-run_tests() {
-    local name=$1 venv
+run_tests() {  # $1: the environment; $2: core (pdl-trl's exactness core), tool (the tool's own tests) or all
+    local name=$1 part=${2:-all} venv
     venv=$(build "$name" | tail -n 1)
     case $name in
         axolotl) check_pins "$venv" "${AXOLOTL_PINS[@]}" ;;
         unsloth) check_pins "$venv" "${UNSLOTH_PINS[@]}" ;;
     esac
     pip_check "$venv"
-    "$venv/bin/python" -m pytest -q -p no:cacheprovider "${CORE[@]}"
-    "$venv/bin/python" -m pytest -q -p no:cacheprovider "${TWO_PROCESSES[@]}"
-    case $name in
-        axolotl) "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/with_axolotl ;;
-        unsloth) "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/with_unsloth ;;
-    esac
+    if [ "$part" != tool ]; then
+        "$venv/bin/python" -m pytest -q -p no:cacheprovider "${CORE[@]}"
+        "$venv/bin/python" -m pytest -q -p no:cacheprovider "${TWO_PROCESSES[@]}"
+    fi
+    if [ "$part" != core ]; then
+        "$venv/bin/python" -m pytest -q -p no:cacheprovider "tests/with_$name"
+    fi
 }
 
 resolve() {  # pip's choice for pdl-trl beside each tool, in an empty venv: nothing is installed
@@ -167,7 +174,7 @@ PY
 case ${1:-} in
     build) build "$2" >/dev/null ;;
     lock) lock "$2" ;;
-    test) run_tests "$2" ;;
+    test) run_tests "$2" "${3:-all}" ;;
     resolve) resolve ;;
-    *) echo "usage: $0 build|test|lock axolotl|unsloth, or $0 resolve" >&2; exit 2 ;;
+    *) echo "usage: $0 build|lock axolotl|unsloth, $0 test axolotl|unsloth [core|tool|all], or $0 resolve" >&2; exit 2 ;;
 esac
