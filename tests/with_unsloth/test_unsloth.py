@@ -48,6 +48,7 @@ from trl import SFTConfig  # noqa: E402
 
 from pdl_trl import PDLSFTConfig, PDLSFTTrainer  # noqa: E402
 from pdl_trl.loss import power_law_weights  # noqa: E402
+from pdl_trl.trainer_mixin import PDLTrainerMixin  # noqa: E402
 
 
 # The package's own offline tokenizer (tests/helpers/tiny.py)
@@ -156,7 +157,7 @@ def assert_close_dicts(actual, expected, rtol, atol):
 
 def test_class_chain_and_fused_head(model_dir, dataset, tmp_path):
     # Unsloth's CPU backend subclasses trl's SFTTrainer in place of it; pdl_trl, imported later, builds on that
-    assert PDLSFTTrainer.__mro__[1] is trl.SFTTrainer
+    assert PDLSFTTrainer.__bases__ == (PDLTrainerMixin, trl.SFTTrainer)
     assert getattr(trl.SFTTrainer, "_unsloth_cpu", False)
     assert trl.SFTTrainer.__mro__[1] is trl.trainer.sft_trainer.SFTTrainer.__mro__[1]
     # Unsloth patches TRL's compute_loss in place; PDL's override must not reach it
@@ -299,7 +300,7 @@ class Grads(TrainerCallback):
 tokenizer = build_tokenizer()
 dataset = Dataset.from_list(make_rows(8))
 result = {
-    "mro": [c.__name__ for c in PDLSFTTrainer.__mro__[:4]],
+    "mro": [c.__name__ for c in PDLSFTTrainer.__mro__[:5]],
     "patched": [transformers.Trainer.training_step.__name__, transformers.Trainer.get_batch_samples.__name__],
 }
 grads = {}
@@ -338,7 +339,7 @@ def test_gpu_path_trainer_rewrite_canary(tmp_path):
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     assert done.returncode == 0 and lines, done.stderr[-3000:]
     result = json.loads(lines[-1][len("RESULT ") :])
-    assert result["mro"][:3] == ["PDLSFTTrainer", "UnslothSFTTrainer", "_UnslothSFTTrainer"]
+    assert result["mro"][:4] == ["PDLSFTTrainer", "PDLTrainerMixin", "UnslothSFTTrainer", "_UnslothSFTTrainer"]
     assert result["patched"] == ["_unsloth_training_step", "_unsloth_get_batch_samples"]
     # Unsloth's SFT loss is the model's own forward (Trainer.compute_loss), PDL's the fused head: float32 apart
     assert result["pdl0-ga2"] == pytest.approx(result["sft-ga2"], rel=1e-5)
