@@ -23,7 +23,6 @@ from pdl_trl.loss import power_law_decay_loss, target_weights
 from pdl_trl.metrics import METRIC_KEYS, completion_metrics, completion_sums
 from pdl_trl.spelling import option
 from pdl_trl.trainer_mixin import PDLTrainerMixin
-from pdl_trl.weights import PDLSettings, WeightTable
 
 
 logger = logging.get_logger(__name__)
@@ -118,17 +117,12 @@ class PDLSFTTrainer(PDLTrainerMixin, SFTTrainer):
                 tokenizer_fingerprint(self._tokenizer),
                 source="training set completion tokens",
             )
-        self.pdl_table = self._build_pdl_table(counts)
+        self.pdl_table = self.build_pdl_table(counts)
+        logger.info(self.pdl_table.describe())
         if args.pdl_counts_path is not None and self.train_dataset is not None:
             check_counts_cover_train_dataset(self.train_dataset, counts.counts, args.pdl_counts_path)
         self._pdl_step_weight_sum = None
         self._pdl_metric_prefix = "eval"
-
-    def _build_pdl_table(self, counts: TokenCounts) -> WeightTable:
-        table = WeightTable.build(counts, PDLSettings.of(self.args), self._tokenizer)
-        table.warn_if_degenerate(self._tokenizer.eos_token_id, self._tokenizer.eos_token)
-        logger.info(table.describe())
-        return table.to(self.accelerator.device)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if return_outputs:

@@ -4,8 +4,8 @@ Axolotl's trainer in `pdl_trl.integrations.axolotl`): the weight sum of the whol
 beside every saved model and checkpoint, and resuming with the table a run started with. The loss itself, which needs
 the host's forward, stays with each trainer.
 
-A host puts `PDLTrainerMixin` before its trainer class and sets `self.pdl_table` (a
-[`~pdl_trl.weights.WeightTable`]) in its `__init__`.
+A host puts `PDLTrainerMixin` before its trainer class and, in its `__init__`, sets `self.pdl_table` from the counts
+it loads or takes (`self.build_pdl_table(counts)`).
 """
 
 from contextlib import nullcontext
@@ -15,7 +15,7 @@ import torch
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from pdl_trl.checkpoints import check_fresh_output_dir, last_complete_checkpoint, save_table_files, table_to_resume
-from pdl_trl.frequency import count_completion_tokens
+from pdl_trl.frequency import TokenCounts, count_completion_tokens
 from pdl_trl.locking import output_dir_lock
 from pdl_trl.loss import target_weights
 from pdl_trl.weights import PDLSettings, WeightTable
@@ -48,6 +48,14 @@ class PDLTrainerMixin:
             total = self.accelerator.reduce(torch.from_numpy(counts).to(self.accelerator.device), reduction="sum")
             counts = total.cpu().numpy()
         return counts
+
+    def build_pdl_table(self, counts: TokenCounts) -> WeightTable:
+        """The weight table of `counts` under the host's PDL settings, on the training device; warns when it would
+        weigh the end of an answer down."""
+        tokenizer = self.pdl_tokenizer()
+        table = WeightTable.build(counts, self.pdl_settings(), tokenizer)
+        table.warn_if_degenerate(tokenizer.eos_token_id, tokenizer.eos_token)
+        return table.to(self.accelerator.device)
 
     def pdl_labels(self, batch: dict) -> torch.Tensor:
         """The labels PDL weighs: `batch["labels"]`, -100 where no target is trained. A host whose batches mark

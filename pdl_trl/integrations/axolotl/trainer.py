@@ -21,7 +21,7 @@ from pdl_trl.loss import IGNORE_INDEX, power_law_decay_loss, target_weights
 from pdl_trl.metrics import completion_metrics, completion_sums
 from pdl_trl.spelling import YAML, option, options_written_in
 from pdl_trl.trainer_mixin import PDLTrainerMixin
-from pdl_trl.weights import PDLSettings, WeightTable
+from pdl_trl.weights import PDLSettings
 
 
 def sequence_starts(batch: dict) -> torch.Tensor | None:
@@ -56,15 +56,17 @@ class AxolotlPDLMixin(PDLTrainerMixin):
         # [sum nll, sum w, sum w^2, tokens, sum w of neutral targets] since the last log, per mode
         self._pdl_sums = {mode: torch.zeros(5, dtype=torch.float64) for mode in ("train", "eval")}
         with options_written_in(YAML):
-            self.pdl_table = self._build_table()
+            self.pdl_table = self.build_pdl_table(self._pdl_counts())
         forward = inspect.signature(self.accelerator.unwrap_model(self.model).forward).parameters
         self._pdl_logits_to_keep = "logits_to_keep" in forward
 
     def pdl_settings(self) -> PDLSettings:
         return PDLSettings.of(self.pdl_config)
 
-    def _build_table(self) -> WeightTable:
-        tokenizer = self.processing_class
+    def _pdl_counts(self) -> TokenCounts:
+        """The counts named by `pdl_counts_path`, else those of the prepared training set (refused when it masks no
+        label: PDL would count prompt tokens)."""
+        tokenizer = self.pdl_tokenizer()
         fingerprint = tokenizer_fingerprint(tokenizer)
         counts_path = self.pdl_config.pdl_counts_path
         if self.train_dataset is not None and not self.pdl_config.pdl_allow_unmasked_text:
@@ -97,9 +99,7 @@ class AxolotlPDLMixin(PDLTrainerMixin):
                 fingerprint,
                 source="training set completion tokens (Axolotl's prepared dataset)",
             )
-        table = WeightTable.build(counts, self.pdl_settings(), tokenizer)
-        table.warn_if_degenerate(tokenizer.eos_token_id, tokenizer.eos_token)
-        return table.to(self.args.device)
+        return counts
 
     def pdl_labels(self, batch: dict) -> torch.Tensor:
         """
